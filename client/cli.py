@@ -1,0 +1,67 @@
+"""The ``langcolor`` console command: one entry point, one subcommand per workflow.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``.
+Only the chosen subcommand's module is imported, so ``langcolor colorize`` never imports torch.
+Errors derived from ``LangcolorError`` are printed as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import LangcolorError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("langcolor.export.train_cmd", "train a network on synthetic scenes or COCO-Stuff-style data"),
+    "evaluate": ("langcolor.export.evaluate_cmd", "measure caption following, swap, mismatch, PSNR/SSIM"),
+    "export": ("langcolor.export.export_cmd", "export the three ONNX stages and write a Triton model repository"),
+    "serve": ("langcolor.server.serve", "start tritonserver on the model repository"),
+    "colorize": ("langcolor.client.colorize_cmd", "colorize one photo (in-process, or through a server)"),
+    "batch": ("langcolor.client.batch_cmd", "colorize a folder or manifest of photos, resumably"),
+    "bench": ("langcolor.benchmarks.bench", "latency and throughput per stage and end to end"),
+}
+
+
+def build_parser(selected: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="langcolor",
+        description="Colorize black-and-white photographs from a caption.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, summary) in COMMANDS.items():
+        p = sub.add_parser(name, help=summary, description=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        if name == selected:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def _selected(argv: list[str]) -> str | None:
+    return next((a for a in argv if a in COMMANDS), None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    selected = _selected(argv)
+    parser = build_parser(selected)
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except LangcolorError as e:
+        print(f"langcolor {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"langcolor {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
