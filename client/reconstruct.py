@@ -1,0 +1,64 @@
+"""Full-resolution colorization around a fixed-size network (the richzhang/colorization split).
+
+``prepare_l`` returns the photograph's own L at full resolution and a copy resized to the network's
+input side S. The network predicts ab at S x S; ``reconstruct`` upsamples only ab, bilinearly, and
+recombines it with the ORIGINAL L, so the output keeps every detail and the exact lightness of the
+input (up to 8-bit rounding): the model adds colour, it never redraws the photograph.
+
+Resizing is done with PIL on single-channel float32 ("F" mode) images. PIL's bilinear filter widens
+its support by the reduction factor when shrinking, so downscaling L is antialiased (no aliasing
+of fine texture into the network's input), and upscaling ab is plain bilinear interpolation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from .lab import L_MAX, fit_chroma_to_gamut, lab_to_rgb, rgb_to_lab
+
+_FILTER = Image.Resampling.BILINEAR
+
+
+def resize_plane(plane: np.ndarray, width: int, height: int) -> np.ndarray:
+    """float ``[h, w]`` -> float32 ``[height, width]``, antialiased when shrinking."""
+    assert plane.ndim == 2, plane.shape
+    src = np.ascontiguousarray(plane, dtype=np.float32)
+    if src.shape == (height, width):
+        return src.copy()
+    return np.array(Image.fromarray(src).resize((width, height), _FILTER), dtype=np.float32)  # writable copy
+
+
+def prepare_l(rgb: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """RGB float ``[H, W, 3]`` in [0, 1] -> (L full ``[H, W]``, L small ``[1, S, S]``), both float32 in [0, 100].
+
+    The photo is squashed to S x S (no crop, no padding): every pixel gets a prediction and the
+    aspect ratio comes back when ab is stretched to the original size.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected RGB [H, W, 3], got {rgb.shape}")
+    l_full = rgb_to_lab(rgb)[..., 0]  # [H, W]
+    l_small = resize_plane(l_full, image_size, image_size)  # [S, S]
+    np.clip(l_small, 0.0, L_MAX, out=l_small)  # resampling filters can overshoot slightly
+    return l_full, l_small[None]  # [H, W], [1, S, S]
+
+
+def upsample_ab(ab_small: np.ndarray, width: int, height: int) -> np.ndarray:
+    """ab ``[2, S, S]`` -> ``[height, width, 2]`` float32, bilinear."""
+    assert ab_small.ndim == 3 and ab_small.shape[0] == 2, ab_small.shape
+    return np.stack([resize_plane(ab_small[c], width, height) for c in range(2)], axis=-1)  # [H, W, 2]
+
+
+def reconstruct(l_full: np.ndarray, ab_small: np.ndarray) -> np.ndarray:
+    """(L ``[H, W]``, ab ``[2, S, S]``) -> RGB uint8 ``[H, W, 3]`` with the input's L.
+
+    Colours that sRGB cannot show at that lightness have their chroma reduced (hue and L kept)
+    rather than being clipped per channel, which would shift L.
+    """
+    assert l_full.ndim == 2, l_full.shape
+    h, w = l_full.shape
+    lab = np.empty((h, w, 3), dtype=np.float32)  # [H, W, 3]
+    lab[..., 0] = l_full
+    lab[..., 1:] = upsample_ab(ab_small, w, h)
+    rgb = lab_to_rgb(fit_chroma_to_gamut(lab))  # [H, W, 3] in [0, 1]
+    return np.round(rgb * 255.0).astype(np.uint8)

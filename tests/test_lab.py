@@ -1,0 +1,69 @@
+"""sRGB <-> CIELab: agreement with scikit-image, round trip, gamut fitting that keeps L."""
+
+import numpy as np
+import pytest
+import skimage.color
+import skimage.data
+
+from langcolor.client.lab import fit_chroma_to_gamut, lab_to_rgb, rgb_to_lab
+
+
+def test_rgb_to_lab_matches_skimage_on_random_colours():
+    rgb = np.random.default_rng(0).random((200_000, 3))
+    ours = rgb_to_lab(rgb)
+    assert ours.dtype == np.float32 and ours.shape == rgb.shape
+    assert np.abs(ours - skimage.color.rgb2lab(rgb)).max() < 0.01
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
+def test_rgb_to_lab_matches_skimage_on_photos(name):
+    rgb = getattr(skimage.data, name)() / 255.0  # [H, W, 3]
+    assert np.abs(rgb_to_lab(rgb) - skimage.color.rgb2lab(rgb)).max() < 0.01
+
+
+def test_extremes_and_dark_toe():
+    # black, white, primaries and values under the sRGB and CIE linear toes
+    rgb = np.array([[0, 0, 0], [1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [0.01, 0.02, 0.03], [0.04, 0.04, 0.04]])
+    lab = rgb_to_lab(rgb)
+    assert np.abs(lab - skimage.color.rgb2lab(rgb)).max() < 0.01
+    assert abs(lab[0, 0]) < 1e-4 and abs(lab[1, 0] - 100) < 1e-3 and np.abs(lab[1, 1:]).max() < 1e-2
+
+
+def test_lab_to_rgb_matches_skimage_in_gamut():
+    rgb = np.random.default_rng(1).random((50_000, 3))
+    lab = skimage.color.rgb2lab(rgb)
+    assert np.abs(lab_to_rgb(lab) - skimage.color.lab2rgb(lab)).max() < 1e-4
+
+
+def test_round_trip_within_one_level():
+    rng = np.random.default_rng(2)
+    rgb = rng.random((100_000, 3))
+    assert np.abs(lab_to_rgb(rgb_to_lab(rgb)) - rgb).max() < 1 / 255
+    levels = rng.integers(0, 256, (100_000, 3)).astype(np.uint8)
+    back = np.round(lab_to_rgb(rgb_to_lab(levels / 255.0)) * 255).astype(np.uint8)
+    assert np.array_equal(back, levels)  # every 8-bit colour survives exactly
+
+
+def test_shapes_are_preserved_and_bad_shapes_rejected():
+    rgb = np.random.default_rng(3).random((4, 5, 6, 3))
+    assert rgb_to_lab(rgb).shape == (4, 5, 6, 3)
+    with pytest.raises(ValueError):
+        rgb_to_lab(np.zeros((4, 4)))
+
+
+def test_fit_chroma_keeps_l_and_hue_and_lands_in_gamut():
+    rng = np.random.default_rng(4)
+    n = 50_000
+    lab = np.column_stack([rng.uniform(0, 100, n), rng.uniform(-110, 110, (n, 2))])
+    fitted = fit_chroma_to_gamut(lab)
+    assert np.abs(fitted[:, 0] - lab[:, 0]).max() < 1e-4  # L kept
+    hue_in, hue_out = np.arctan2(lab[:, 2], lab[:, 1]), np.arctan2(fitted[:, 2], fitted[:, 1])
+    moved = np.hypot(fitted[:, 1], fitted[:, 2]) > 1.0
+    assert np.abs(np.angle(np.exp(1j * (hue_in - hue_out)))[moved]).max() < 1e-3  # hue kept
+    # displayable: converting back does not need clipping, so L survives the trip through RGB
+    assert np.abs(rgb_to_lab(lab_to_rgb(fitted))[:, 0] - lab[:, 0]).max() < 0.01
+    # plain clipping, by contrast, moves L a lot for saturated colours (why the fitting exists)
+    assert np.abs(rgb_to_lab(lab_to_rgb(lab))[:, 0] - lab[:, 0]).max() > 5
+    # in-gamut colours are left alone
+    inside = skimage.color.rgb2lab(rng.random((1000, 3)))
+    assert np.abs(fit_chroma_to_gamut(inside) - inside).max() < 1e-4
