@@ -1,0 +1,150 @@
+"""Word-level caption tokenizer (Hugging Face ``tokenizers``), stored as ``tokenizer.json``.
+
+Lowercase, punctuation stripped, one id per known word, ``[PAD]`` = 0, ``[UNK]`` = 1, padded on the
+right to the fixed length T kept in the JSON's padding config. A caption longer than T words is an
+error, never cut; unknown words are reported to the caller. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+from tokenizers.models import WordLevel
+
+from .errors import CaptionError, ModelNotFoundError
+from .spec import PAD_ID
+
+PAD_TOKEN = "[PAD]"
+UNK_TOKEN = "[UNK]"
+UNK_ID = 1
+
+
+@dataclass(frozen=True)
+class EncodedCaption:
+    ids: np.ndarray  # int64 [T], right-padded with PAD_ID
+    words: tuple[str, ...]  # the caption's words after normalisation, in order
+    unknown: tuple[str, ...]  # words the model does not know (mapped to [UNK]), in order
+    length: int  # number of words (non-padding ids)
+
+
+def _normalizer() -> normalizers.Normalizer:
+    return normalizers.Sequence(
+        [normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace(Regex(r"[^\w\s]|_"), " ")]
+    )
+
+
+class CaptionTokenizer:
+    def __init__(self, tokenizer: Tokenizer, json_text: str) -> None:
+        padding = tokenizer.padding
+        if not padding or padding.get("length") is None or padding.get("pad_id") != PAD_ID:
+            raise ModelNotFoundError("tokenizer.json has no fixed-length padding config with pad id 0")
+        if tokenizer.token_to_id(UNK_TOKEN) != UNK_ID:
+            raise ModelNotFoundError(f"tokenizer.json must map {UNK_TOKEN} to id {UNK_ID}")
+        self._tok = tokenizer
+        self._json = json_text
+        self.max_tokens: int = int(padding["length"])
+        self.vocab_size: int = tokenizer.get_vocab_size()
+        self.sha256: str = hashlib.sha256(json_text.encode("utf-8")).hexdigest()
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def train(cls, captions: Iterable[str], max_tokens: int) -> "CaptionTokenizer":
+        """Build the vocabulary from training captions (sorted, so the ids are deterministic)."""
+        norm, pre = _normalizer(), pre_tokenizers.WhitespaceSplit()
+        words: set[str] = set()
+        for caption in captions:
+            words.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(caption)))
+        vocab = {PAD_TOKEN: PAD_ID, UNK_TOKEN: UNK_ID}
+        for word in sorted(words):
+            vocab[word] = len(vocab)
+        tok = Tokenizer(WordLevel(vocab, unk_token=UNK_TOKEN))
+        tok.normalizer = norm
+        tok.pre_tokenizer = pre
+        tok.enable_padding(length=int(max_tokens), pad_id=PAD_ID, pad_token=PAD_TOKEN, direction="right")
+        return cls.from_str(tok.to_str())
+
+    @classmethod
+    def from_str(cls, json_text: str) -> "CaptionTokenizer":
+        try:
+            tok = Tokenizer.from_str(json_text)
+        except Exception as e:  # tokenizers raises its own Exception type for bad JSON
+            raise ModelNotFoundError(f"not a valid tokenizer.json: {e}") from e
+        return cls(tok, json_text)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "CaptionTokenizer":
+        path = Path(path)
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelNotFoundError(f"cannot read tokenizer {path}: {e}") from e
+        return cls.from_str(text)
+
+    def to_str(self) -> str:
+        return self._json
+
+    def save(self, path: str | Path) -> Path:
+        """Write the exact JSON text whose hash is ``sha256``."""
+        path = Path(path)
+        path.write_bytes(self._json.encode("utf-8"))
+        return path
+
+    # ----------------------------------------------------------------- encoding
+    @property
+    def vocabulary(self) -> dict[str, int]:
+        return dict(self._tok.get_vocab())
+
+    def words_of(self, caption: str) -> list[str]:
+        """The caption's words after lowercasing and stripping punctuation."""
+        normalized = self._tok.normalizer.normalize_str(caption)
+        return [w for w, _ in self._tok.pre_tokenizer.pre_tokenize_str(normalized)]
+
+    def encode(self, caption: str | bytes) -> EncodedCaption:
+        if isinstance(caption, (bytes, bytearray)):
+            try:
+                caption = bytes(caption).decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CaptionError(f"caption is not valid UTF-8 (byte {e.start})") from e
+        if not isinstance(caption, str):
+            raise CaptionError(f"caption must be text, got {type(caption).__name__}")
+        words = self.words_of(caption)
+        if not words:
+            raise CaptionError("caption is empty (no words after removing punctuation)")
+        if len(words) > self.max_tokens:
+            raise CaptionError(
+                f"caption has {len(words)} words; this model reads at most {self.max_tokens} "
+                "(shorten it; it is never cut silently)"
+            )
+        vocab = self._tok.get_vocab()
+        ids = [vocab.get(w, UNK_ID) for w in words]
+        unknown = tuple(w for w, i in zip(words, ids) if i == UNK_ID)
+        if len(unknown) == len(words):
+            raise CaptionError(f"no word of the caption is known to the model: {' '.join(words)!r}")
+        padded = np.full(self.max_tokens, PAD_ID, dtype=np.int64)  # [T]
+        padded[: len(ids)] = ids
+        return EncodedCaption(ids=padded, words=tuple(words), unknown=unknown, length=len(ids))
+
+    def encode_batch(self, captions: Sequence[str | bytes]) -> np.ndarray:
+        """-> int64 [B,T]; a bad caption raises CaptionError naming its index."""
+        rows = []
+        for i, caption in enumerate(captions):
+            try:
+                rows.append(self.encode(caption).ids)
+            except CaptionError as e:
+                raise CaptionError(f"caption {i}: {e}") from e
+        if not rows:
+            return np.zeros((0, self.max_tokens), dtype=np.int64)
+        return np.stack(rows)  # [B,T]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Ids back to words (padding dropped); for logs and tests."""
+        inverse = {i: w for w, i in self._tok.get_vocab().items()}
+        return " ".join(inverse.get(int(i), UNK_TOKEN) for i in ids if int(i) != PAD_ID)
+
+    def __repr__(self) -> str:
+        return f"CaptionTokenizer(vocab_size={self.vocab_size}, max_tokens={self.max_tokens}, sha256={self.sha256[:12]})"
