@@ -1,0 +1,371 @@
+"""Start, watch and stop the real ``tritonserver`` that the ``nvidia-pytriton`` wheel bundles.
+
+The wheel ships Triton 2.51 (``pytriton/tritonserver/bin/tritonserver``), its shared libraries in
+``site-packages/nvidia_pytriton.libs`` and one Python-backend stub per Python version. The stub
+must sit beside ``libtriton_python.so``, so we assemble a backend directory of our own (a cache
+folder, copied once per wheel + Python version) rather than writing into site-packages.
+
+Three details decide whether a Python-backend model can import this project:
+- ``PATH`` starts with this interpreter's ``bin/``: the stub embeds Python and finds its
+  ``sys.prefix`` by looking for ``python3`` on ``PATH``; with the venv's first, the venv's
+  site-packages is a real site directory and its ``.pth`` files (the editable install) run;
+- ``PYTHONPATH`` carries this interpreter's ``sys.path`` as a fallback for non-venv installs;
+- ``LD_LIBRARY_PATH`` gets the wheel's bundled libraries.
+
+Model control is ``explicit`` with ``--load-model=*``: every model in the repository is loaded at
+start-up, nothing reloads behind our back when files change (``poll`` would pick up a half-written
+export), and tests can still load/unload a model through the repository API (``none`` forbids it).
+``--exit-on-error=false`` keeps the server up when one model fails so we can ask Triton *why*
+(the repository index carries the reason); ``--strict-readiness`` makes ``/v2/health/ready`` false
+while any model is not ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from langcolor.client.errors import ModelNotFoundError, ServerError
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+STARTUP_TIMEOUT_S = 180.0  # model loading on a busy 2-core machine
+STOP_GRACE_S = 20.0  # SIGTERM -> SIGKILL; Triton itself waits up to --exit-timeout-secs
+EXIT_TIMEOUT_S = 15  # Triton's own grace for in-flight requests on shutdown
+
+
+class ModelLoadError(ServerError):
+    """One or more models failed to load; ``failed`` carries Triton's reason for each."""
+
+    def __init__(self, failed: tuple["ModelState", ...]):
+        self.failed = failed
+        lines = "; ".join(f"model '{m.name}' failed to load: {m.short_reason}" for m in failed)
+        super().__init__(lines)
+
+
+@dataclass(frozen=True)
+class ModelState:
+    name: str
+    version: str
+    state: str  # READY, UNAVAILABLE, LOADING, UNLOADING or "" (never loaded)
+    reason: str
+
+    @property
+    def short_reason(self) -> str:
+        """Triton's reason without the Python traceback frames it appends."""
+        head = self.reason.split("\n\nAt:")[0].strip()
+        return head or self.state or "unknown"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+
+    @property
+    def http_url(self) -> str:  # tritonclient.http style, no scheme
+        return f"{self._client_host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self._client_host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._client_host}:{self.metrics_port}/metrics"
+
+    @property
+    def _client_host(self) -> str:
+        # A server bound to every interface is reached locally on loopback.
+        return LOOPBACK if self.host in ("0.0.0.0", "::", "") else self.host
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def free_ports(n: int, host: str = LOOPBACK) -> list[int]:
+    """``n`` distinct free ports: all sockets are held open together so the OS cannot repeat one."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass(frozen=True)
+class TritonDist:
+    """Where the wheel keeps the server binary, its libraries and the stubs."""
+
+    binary: Path
+    libs: Path
+    python_backend: Path  # libtriton_python.so + triton_python_backend_utils.py
+    stub: Path  # for this interpreter's Python version
+
+    @classmethod
+    def locate(cls) -> "TritonDist":
+        try:
+            import pytriton  # noqa: F401 (only to find the wheel)
+        except ImportError as e:
+            raise ModelNotFoundError(
+                "tritonserver is not installed: pip install 'langcolor[serve]' (nvidia-pytriton==0.7.0)"
+            ) from e
+        root = Path(pytriton.__file__).resolve().parent / "tritonserver"
+        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        dist = cls(
+            binary=root / "bin" / "tritonserver",
+            libs=root.parent.parent / "nvidia_pytriton.libs",
+            python_backend=root / "backends" / "python",
+            stub=root / "python_backend_stubs" / version / "triton_python_backend_stub",
+        )
+        for p in (dist.binary, dist.libs, dist.python_backend / "libtriton_python.so", dist.stub):
+            if not p.exists():
+                raise ModelNotFoundError(f"nvidia-pytriton install is incomplete: {p} is missing (Python {version})")
+        return dist
+
+    def backend_directory(self, cache_dir: Path | None = None) -> Path:
+        """A ``backends/`` folder with the Python backend and this Python's stub, built once."""
+        cache = Path(cache_dir or os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "langcolor"
+        key = f"tritonserver-{self.binary.stat().st_size}-{self.stub.stat().st_mtime_ns}-py{sys.version_info[0]}{sys.version_info[1]}"
+        target = cache / key / "backends"
+        if (target / "python" / "triton_python_backend_stub").exists():
+            return target
+        cache.mkdir(parents=True, exist_ok=True)
+        # Build aside then rename, so two processes starting at once never see half a directory.
+        tmp = Path(tempfile.mkdtemp(prefix=".backends-", dir=cache))
+        py = tmp / "backends" / "python"
+        py.mkdir(parents=True)
+        for f in ("libtriton_python.so", "triton_python_backend_utils.py"):
+            shutil.copy2(self.python_backend / f, py / f)
+        shutil.copy2(self.stub, py / "triton_python_backend_stub")
+        (cache / key).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp, cache / key)
+        except OSError:  # someone else won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+
+def server_environment(dist: TritonDist) -> dict[str, str]:
+    env = os.environ.copy()
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(dist.libs), env.get("LD_LIBRARY_PATH", "")) if p)
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    paths = [p for p in sys.path if p and Path(p).exists()]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths + env.get("PYTHONPATH", "").split(os.pathsep)).keys()).strip(os.pathsep)
+    # One onnxruntime session per stage on a shared CPU: keep each one from grabbing every core.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def repository_models(model_repository: Path) -> list[str]:
+    """Model folders Triton will try to load (those with a ``config.pbtxt``)."""
+    return sorted(p.parent.name for p in Path(model_repository).glob("*/config.pbtxt"))
+
+
+class TritonServer:
+    """A ``tritonserver`` subprocess: ``with TritonServer(repo, ...) as server: server.endpoints``.
+
+    ``start()`` returns once every model in the repository is READY, raises ``ModelLoadError`` (with
+    Triton's reason per model) if one failed, or ``ServerError`` with the log tail if the process
+    died or the timeout passed. The process is stopped on any failure in ``start()``.
+    """
+
+    def __init__(
+        self,
+        model_repository: Path | str,
+        *,
+        host: str = LOOPBACK,
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        metrics_port: int = 8002,
+        log_path: Path | str | None = None,
+        startup_timeout_s: float = STARTUP_TIMEOUT_S,
+        stop_grace_s: float = STOP_GRACE_S,
+        log_verbose: int = 0,
+        extra_args: tuple[str, ...] = (),
+    ):
+        self.model_repository = Path(model_repository).resolve()
+        self.endpoints = Endpoints(host, http_port, grpc_port, metrics_port)
+        self.log_path = Path(log_path) if log_path else None
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_grace_s = stop_grace_s
+        self.log_verbose = log_verbose
+        self.extra_args = tuple(extra_args)
+        self.process: subprocess.Popen | None = None
+        self._log_file = None
+        self.startup_s: float | None = None  # seconds from spawn to every model ready
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def command(self, backend_dir: Path, binary: Path) -> list[str]:
+        e = self.endpoints
+        return [
+            str(binary),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={backend_dir}",
+            f"--http-address={e.host}",
+            f"--grpc-address={e.host}",
+            f"--http-port={e.http_port}",
+            f"--grpc-port={e.grpc_port}",
+            f"--metrics-address={e.host}",
+            f"--metrics-port={e.metrics_port}",
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            "--exit-on-error=false",
+            "--strict-readiness=true",
+            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+            f"--log-verbose={self.log_verbose}",
+            *self.extra_args,
+        ]
+
+    def start(self) -> "TritonServer":
+        if not self.model_repository.is_dir():
+            raise ModelNotFoundError(f"model repository not found: {self.model_repository}")
+        if not repository_models(self.model_repository):
+            raise ModelNotFoundError(f"no model (no */config.pbtxt) in {self.model_repository}")
+        dist = TritonDist.locate()
+        cmd = self.command(dist.backend_directory(), dist.binary)
+        if self.log_path is None:
+            fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log_path, "wb")
+        log.info("starting tritonserver on %s (log: %s)", self.model_repository, self.log_path)
+        log.debug("command: %s", " ".join(cmd))
+        t0 = time.monotonic()
+        # Own process group: a Ctrl-C at the terminal reaches us, and we decide how Triton stops.
+        self.process = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=server_environment(dist),
+            start_new_session=True,
+        )
+        try:
+            self.wait_ready(self.startup_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_s = time.monotonic() - t0
+        log.info("tritonserver ready in %.1f s", self.startup_s)
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        import tritonclient.http as httpclient
+        from tritonclient.utils import InferenceServerException
+
+        deadline = time.monotonic() + timeout_s
+        expected = set(repository_models(self.model_repository))
+        client = httpclient.InferenceServerClient(self.endpoints.http_url, connection_timeout=5.0, network_timeout=10.0)
+        try:
+            while True:
+                if self.process is not None and self.process.poll() is not None:
+                    raise ServerError(
+                        f"tritonserver exited with status {self.process.returncode} during start-up:\n{self.log_tail()}"
+                    )
+                try:
+                    if client.is_server_live():
+                        states = self.model_states(client)
+                        self._check_states(states, expected)
+                        if all(s.state == "READY" for s in states.values()) and expected <= states.keys():
+                            return
+                except (InferenceServerException, ConnectionError, OSError) as e:
+                    log.debug("not up yet: %s", e)
+                if time.monotonic() > deadline:
+                    raise ServerError(
+                        f"tritonserver not ready after {timeout_s:.0f} s; log tail:\n{self.log_tail()}"
+                    )
+                time.sleep(0.25)
+        finally:
+            client.close()
+
+    @staticmethod
+    def _check_states(states: dict[str, ModelState], expected: set[str]) -> None:
+        failed = tuple(s for s in states.values() if s.state == "UNAVAILABLE")
+        if failed:
+            raise ModelLoadError(failed)
+        # In explicit mode a model Triton skipped (config unparsable, say) has an empty state.
+        if not any(s.state in ("LOADING", "UNLOADING") for s in states.values()):
+            skipped = tuple(s for n, s in states.items() if n in expected and s.state == "")
+            if skipped:
+                raise ModelLoadError(tuple(ModelState(s.name, s.version, "UNAVAILABLE", s.reason or "not loaded") for s in skipped))
+
+    def model_states(self, client=None) -> dict[str, ModelState]:
+        """Triton's repository index: state and reason per model (latest version listed)."""
+        import tritonclient.http as httpclient
+
+        own = client is None
+        client = client or httpclient.InferenceServerClient(self.endpoints.http_url)
+        try:
+            index = client.get_model_repository_index()
+        finally:
+            if own:
+                client.close()
+        return {
+            m["name"]: ModelState(m["name"], str(m.get("version", "")), m.get("state", ""), m.get("reason", ""))
+            for m in index
+        }
+
+    def stop(self) -> int | None:
+        """SIGTERM, wait ``stop_grace_s``, then SIGKILL the process group. Returns the exit status."""
+        proc = self.process
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            log.info("stopping tritonserver (pid %d)", proc.pid)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(self.stop_grace_s)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver ignored SIGTERM for %.0f s; killing it", self.stop_grace_s)
+        # The group also holds the Python-backend stubs; none must outlive the server.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return proc.returncode
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, n_lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        if self._log_file is not None:
+            self._log_file.flush()
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        # Triton's option tables are noise in an error message.
+        lines = [ln for ln in lines if not ln.startswith(("+", "|"))]
+        return "\n".join(lines[-n_lines:])
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
