@@ -1,0 +1,210 @@
+"""Validate every exported stage against PyTorch (in the manner of optimum's ``_run_validation``).
+
+For each stage and each batch size (1, 3 and 8 by default; the export was traced at 2) the ONNX file
+runs in onnxruntime on the same inputs as the PyTorch module, and we check the output names, the
+output shapes and the maximum absolute difference per output against a stated tolerance. The fusion
+stage runs once per caption length 1..T (real token ids first, padding after), and the three ONNX
+files are also chained end to end against the whole PyTorch network. Every failing tensor is
+collected before raising one ``ExportParityError`` that lists them all.
+
+Inputs to the fusion and decoder stages are what the PyTorch stages before them produce, so they
+have the distributions the stages see in service rather than arbitrary noise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from langcolor.client.errors import ExportParityError
+from langcolor.client.lab import L_MAX
+from langcolor.client.spec import ModelGeometry, StageSpec
+
+from .onnx_export import caption_tokens
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZES = (1, 3, 8)
+# Maximum absolute difference allowed per output, in the tensor's own units. FP32 onnxruntime and
+# PyTorch differ by summation order only: ~1e-6 relative. Features are O(1-10); AB is in Lab units
+# (|ab| <= 110), where 1e-3 is far below one 8-bit RGB step (~0.4 Lab units).
+DEFAULT_ATOL = 1e-3
+PIPELINE = "pipeline"  # pseudo-stage: encoder -> fusion -> decoder chained in onnxruntime
+
+
+@dataclass(frozen=True)
+class TensorCheck:
+    stage: str
+    tensor: str
+    batch: int
+    caption_lengths: tuple[int, ...]  # real tokens per row; () for stages without tokens
+    shape: tuple[int, ...]
+    max_abs_diff: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.max_abs_diff <= self.tolerance)  # NaN fails
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    family: str
+    tolerance: float
+    batch_sizes: tuple[int, ...]
+    max_tokens: int
+    checks: tuple[TensorCheck, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def worst(self) -> dict[str, float]:
+        """Largest difference seen per ``stage.tensor``."""
+        out: dict[str, float] = {}
+        for c in self.checks:
+            key = f"{c.stage}.{c.tensor}"
+            out[key] = max(out.get(key, 0.0), c.max_abs_diff)
+        return out
+
+    def summary_lines(self) -> list[str]:
+        counts: dict[str, int] = {}
+        for c in self.checks:
+            counts[f"{c.stage}.{c.tensor}"] = counts.get(f"{c.stage}.{c.tensor}", 0) + 1
+        return [
+            f"{key:<20} max |onnx - torch| = {diff:.3e}  (tolerance {self.tolerance:.0e}, {counts[key]} runs, "
+            f"batches {list(self.batch_sizes)}{', caption lengths 1..%d' % self.max_tokens if 'fusion' in key or PIPELINE in key else ''})"
+            for key, diff in self.worst().items()
+        ]
+
+    def to_json(self) -> str:
+        raw = asdict(self)
+        raw["worst"] = self.worst()
+        raw["ok"] = self.ok
+        return json.dumps(raw, indent=1)
+
+    def save(self, path: Path) -> Path:
+        Path(path).write_text(self.to_json() + "\n")
+        return Path(path)
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1  # a shared machine; parity does not care about speed
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _torch_run(module: nn.Module, spec: StageSpec, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = module(*(torch.from_numpy(feeds[n]) for n in spec.input_names))
+    out = out if isinstance(out, (tuple, list)) else (out,)
+    return [o.detach().cpu().numpy() for o in out]
+
+
+class _Checker:
+    """Runs one stage in both runtimes and records a TensorCheck per output (or a problem)."""
+
+    def __init__(self, specs: dict[str, StageSpec], paths: dict[str, Path], atol: float) -> None:
+        self.specs = specs
+        self.sessions = {stage: _session(paths[stage]) for stage in specs}
+        self.atol = atol
+        self.checks: list[TensorCheck] = []
+        self.problems: list[str] = []
+
+    def onnx_run(self, stage: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spec, sess = self.specs[stage], self.sessions[stage]
+        names = [o.name for o in sess.get_outputs()]
+        return dict(zip(names, sess.run(None, {n: feeds[n] for n in spec.input_names})))
+
+    def compare(
+        self, stage: str, tensor: str, ref: np.ndarray, got: np.ndarray | None, lengths: tuple[int, ...], batch: int
+    ) -> None:
+        if got is None:
+            self.problems.append(f"{stage}.{tensor}: missing from the ONNX outputs")
+            return
+        if got.shape != ref.shape:
+            self.problems.append(f"{stage}.{tensor} (batch {batch}): shape {got.shape}, PyTorch gives {ref.shape}")
+            return
+        diff = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
+        if not np.isfinite(got).all():
+            diff = float("nan")
+        check = TensorCheck(stage, tensor, batch, lengths, tuple(got.shape), diff, self.atol)
+        self.checks.append(check)
+        if not check.ok:
+            self.problems.append(
+                f"{stage}.{tensor} (batch {batch}, caption lengths {list(lengths)}): "
+                f"max abs diff {diff:.3e} > {self.atol:.0e}"
+            )
+
+    def check_stage(self, stage: str, module: nn.Module, feeds: dict[str, np.ndarray], lengths: tuple[int, ...]):
+        """Compare one stage; returns PyTorch's outputs by name (the next stage's inputs)."""
+        spec = self.specs[stage]
+        ref = dict(zip(spec.output_names, _torch_run(module, spec, feeds)))
+        got = self.onnx_run(stage, feeds)
+        if list(got) != spec.output_names:
+            self.problems.append(f"{stage}: ONNX output names {list(got)}, expected {spec.output_names}")
+        batch = next(iter(feeds.values())).shape[0]
+        for name in spec.output_names:
+            want_shape = (batch, *spec.outputs[spec.output_names.index(name)].dims)
+            if ref[name].shape != want_shape:
+                self.problems.append(f"{stage}.{name}: PyTorch gives {ref[name].shape}, the spec says {want_shape}")
+            self.compare(stage, name, ref[name], got.get(name), lengths, batch)
+        return ref
+
+
+def validate_export(
+    modules: dict[str, nn.Module],
+    specs: dict[str, StageSpec],
+    paths: dict[str, Path],
+    geom: ModelGeometry,
+    *,
+    batch_sizes: tuple[int, ...] = BATCH_SIZES,
+    atol: float = DEFAULT_ATOL,
+    seed: int = 0,
+) -> ParityReport:
+    """Check every stage file against its module; raise ``ExportParityError`` listing every failure."""
+    encoder, fusion, decoder = (specs[s] for s in ("encoder", "fusion", "decoder"))
+    for m in modules.values():
+        m.eval()
+    rng = np.random.default_rng(seed)
+    checker = _Checker(specs, paths, atol)
+    T = geom.max_tokens
+    for batch in batch_sizes:
+        # L: a smooth gradient plus noise covering the whole [0, L_MAX] range.
+        ramp = np.linspace(0.0, L_MAX, geom.image_size, dtype=np.float32)[None, None, None, :]
+        noise = rng.uniform(-20.0, 20.0, size=(batch, 1, geom.image_size, geom.image_size))
+        l_in = np.clip(ramp + noise, 0.0, L_MAX).astype(np.float32)  # (B, 1, S, S)
+        feats = checker.check_stage("encoder", modules["encoder"], {encoder.inputs[0].name: l_in}, ())
+        modulated = None
+        for length in range(1, T + 1):
+            # Row r has length+r real tokens (cycling through 1..T): every batch mixes lengths,
+            # and row 0 walks through every length 1..T.
+            lengths = tuple(((length - 1 + r) % T) + 1 for r in range(batch))
+            tokens = caption_tokens(list(lengths), geom, rng)  # (B, T)
+            feeds = {**feats, fusion.inputs[1].name: tokens}
+            out = checker.check_stage("fusion", modules["fusion"], feeds, lengths)
+            if length == T:
+                modulated, last_tokens, last_lengths = out, tokens, lengths
+        ab_ref = checker.check_stage("decoder", modules["decoder"], modulated, last_lengths)
+        # End to end through onnxruntime only, against the PyTorch chain above.
+        e = checker.onnx_run("encoder", {encoder.inputs[0].name: l_in})
+        f = checker.onnx_run("fusion", {**e, fusion.inputs[1].name: last_tokens})
+        d = checker.onnx_run("decoder", f)
+        for name in decoder.output_names:
+            checker.compare(PIPELINE, name, ab_ref[name], d.get(name), last_lengths, batch)
+    report = ParityReport(geom.family, atol, tuple(batch_sizes), T, tuple(checker.checks))
+    for line in report.summary_lines():
+        log.info("parity %s", line)
+    if checker.problems:
+        err = ExportParityError(f"{len(checker.problems)} tensor check(s) failed: " + "; ".join(checker.problems))
+        err.report = report  # the figures, for whoever wants to print them anyway
+        raise err
+    return report
