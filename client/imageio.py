@@ -1,0 +1,174 @@
+"""Decoding and encoding photographs: any PIL mode in, float RGB out, EXIF and ICC carried along.
+
+Decisions a reader should know:
+- EXIF orientation is applied, and the EXIF kept for saving says orientation 1 (already upright).
+- Alpha (RGBA, LA, PA, palette transparency) is composited on WHITE, as a viewer shows the image on
+  a page; the output has no alpha. Dropping alpha instead would expose whatever colour hides under
+  transparent pixels (often black), which the colorizer would then treat as image content.
+- 16-bit grayscale (PNG/TIFF, PIL modes I;16*, I) keeps full precision as float32 (/65535). PIL reads
+  16-bit-per-channel *colour* files as 8-bit RGB, so those lose precision (a known limit).
+- Pixels are taken as sRGB; an embedded ICC profile is kept for saving but not applied.
+- The pixel cap is checked on the header (``Image.open`` reads no pixel data), before decoding, so
+  a small file declaring a huge image is rejected without allocating it. PIL's own decompression
+  bomb check is turned into ``ImageError`` too.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+DEFAULT_MAX_PIXELS = 50_000_000  # raise with --max-pixels; PIL's own hard limit is 2 * MAX_IMAGE_PIXELS
+_ORIENTATION_TAG = 0x0112
+SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
+_GRAY16_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    rgb: np.ndarray  # float32 [H, W, 3] in [0, 1], upright
+    exif: bytes | None  # orientation reset to 1
+    icc: bytes | None
+    format: str  # "PNG", "JPEG", "TIFF", ...
+    mode: str  # the file's original PIL mode
+    size: tuple[int, int]  # (W, H) after orientation
+
+    @property
+    def is_grayscale(self) -> bool:
+        return self.mode in {"1", "L", "LA", "F"} | _GRAY16_MODES
+
+
+def _describe(source: str | Path | bytes) -> str:
+    return "image bytes" if isinstance(source, (bytes, bytearray, memoryview)) else f"'{source}'"
+
+
+def _open(source: str | Path | bytes) -> Image.Image:
+    what = _describe(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        path = Path(source)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as e:
+            raise ImageError(f"{what}: no such file") from e
+        except IsADirectoryError as e:
+            raise ImageError(f"{what}: is a directory, not an image file") from e
+        except OSError as e:
+            raise ImageError(f"{what}: cannot read ({e.strerror or e})") from e
+    if not data:
+        raise ImageError(f"{what}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{what}: rejected as a decompression bomb ({e})") from e
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{what}: not an image (unrecognised format, {len(data)} bytes)") from e
+    except (OSError, SyntaxError, ValueError, struct.error) as e:
+        raise ImageError(f"{what}: corrupt image header ({e})") from e
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:  # -> float32 [H, W, 3] in [0, 1]
+    mode = im.mode
+    if mode in _GRAY16_MODES:
+        gray = np.asarray(im).astype(np.float32) / 65535.0  # [H, W]
+        return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=2)
+    if mode == "F":
+        gray = np.asarray(im, dtype=np.float32)  # [H, W]
+        if not np.isfinite(gray).all():
+            raise ImageError("floating-point image contains NaN or infinity")
+        peak = float(gray.max(initial=0.0))
+        scale = 1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else 65535.0  # infer the range used
+        return np.repeat(np.clip(gray / scale, 0.0, 1.0)[..., None], 3, axis=2)
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, im)
+    if im.mode != "RGB":
+        im = im.convert("RGB")  # 1, L, CMYK, YCbCr, LAB, HSV
+    return np.asarray(im, dtype=np.float32) / 255.0  # [H, W, 3]
+
+
+def _upright_exif(raw: bytes | None) -> bytes | None:
+    """The file's EXIF block with orientation 1, for saving the upright pixels (a fresh copy:
+    editing ``im.getexif()`` in place would hide the orientation from ``exif_transpose``)."""
+    if not raw:
+        return None
+    exif = Image.Exif()
+    exif.load(raw)
+    if _ORIENTATION_TAG in exif:
+        exif[_ORIENTATION_TAG] = 1
+    return exif.tobytes()
+
+
+def load_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Decode a photograph fully; raises ``ImageError`` naming the problem."""
+    what = _describe(source)
+    im = _open(source)
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise ImageError(f"{what}: image has zero size ({w}x{h})")
+    if w * h > max_pixels:
+        raise ImageError(
+            f"{what}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (raise it with --max-pixels)"
+        )
+    fmt, mode, icc = im.format or "unknown", im.mode, im.info.get("icc_profile")
+    try:
+        im.load()  # decode everything now: a truncated file fails here, not halfway through inference
+        exif = _upright_exif(im.info.get("exif"))
+        im = ImageOps.exif_transpose(im)
+        rgb = _to_rgb(im)
+    except ImageError as e:
+        raise ImageError(f"{what}: {e}") from e
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        text = str(e)
+        problem = "truncated or corrupt" if "truncat" in text or isinstance(e, EOFError) else "cannot decode"
+        raise ImageError(f"{what}: {fmt} image is {problem} ({text})") from e
+    h2, w2 = rgb.shape[:2]
+    return LoadedImage(rgb=rgb, exif=exif, icc=icc, format=fmt, mode=mode, size=(w2, h2))
+
+
+def format_for_path(path: str | Path) -> str:
+    """``OUT.png`` -> ``"PNG"``; raises ``ImageError`` for extensions we cannot write."""
+    ext = Path(path).suffix.lower()
+    if ext not in SAVE_FORMATS:
+        raise ImageError(f"'{path}': cannot write '{ext or 'no extension'}' files; use one of {sorted(SAVE_FORMATS)}")
+    return SAVE_FORMATS[ext]
+
+
+def encode_image(
+    rgb_u8: np.ndarray, format: str = "PNG", exif: bytes | None = None, icc: bytes | None = None
+) -> bytes:
+    """uint8 ``[H, W, 3]`` -> encoded file bytes; EXIF and ICC are written for PNG, JPEG and TIFF."""
+    if not isinstance(rgb_u8, np.ndarray) or rgb_u8.dtype != np.uint8 or rgb_u8.ndim != 3 or rgb_u8.shape[2] != 3:
+        shape = getattr(rgb_u8, "shape", None)
+        raise ImageError(f"encode_image expects uint8 [H, W, 3], got {getattr(rgb_u8, 'dtype', type(rgb_u8))} {shape}")
+    format = format.upper()
+    options: dict = {}
+    if exif:
+        options["exif"] = exif
+    if icc:
+        options["icc_profile"] = icc
+    if format == "JPEG":
+        options.update(quality=95, subsampling=0)  # 4:4:4: chroma is the whole point of the output
+    elif format == "PNG":
+        options.update(compress_level=6)
+    elif format != "TIFF":
+        raise ImageError(f"cannot encode format {format!r}; use PNG, JPEG or TIFF")
+    buf = io.BytesIO()
+    Image.fromarray(rgb_u8).save(buf, format=format, **options)
+    return buf.getvalue()
