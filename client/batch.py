@@ -1,0 +1,305 @@
+"""Colorize a folder or manifest of photographs: resumable, nothing lost, inference kept busy.
+
+Three stages overlap, joined by one bound on images in flight so memory stays flat:
+
+    thread pool:  read bytes -> sha256 -> (already done? stop) -> decode, Lab, resize  (Colorizer.prepare)
+    inference:    batches of ``batch_size`` L planes + token rows -> ab               (Colorizer.infer_ab)
+                  in-process one batch at a time; with a server ``in_flight`` requests at once, so
+                  Triton's dynamic batcher has work to merge
+    thread pool:  upsample ab, put the original L back, encode, write atomically, record   (finish)
+
+A bad file fails alone and the run goes on; a server that stays away after the client's retries
+stops the run (the images not reached are simply not done; rerunning finishes them). Paths are
+planned and checked in ``batch_sources``, records and atomic writes live in ``batch_state``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .batch_sources import BatchItem, plan_batch
+from .batch_state import Failure, FailureReport, JobKey, RecordLog, remove_stale_temporaries, write_atomic
+from .errors import LangcolorError, ServerError
+from .imageio import DEFAULT_MAX_PIXELS, encode_image
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 8
+SERVER_IN_FLIGHT = 4  # concurrent requests to a server: enough for Triton's dynamic batcher to merge
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    source: Path  # a folder, or a CSV/JSONL manifest
+    output: Path
+    captions: Path | None = None  # manifest of captions for a folder source
+    default_caption: str | None = None  # for images without a caption; None: they are skipped
+    server: str | None = None  # HOST:PORT of a Triton server; None: in-process ONNX Runtime
+    protocol: str = "grpc"
+    workers: int | None = None  # decode/encode threads; None: the CPU count (at most 8)
+    batch_size: int = DEFAULT_BATCH_SIZE
+    in_flight: int | None = None  # inference batches at once; None: 1 in-process, SERVER_IN_FLIGHT with a server
+    format: str = "png"  # png | jpeg | same
+    max_pixels: int = DEFAULT_MAX_PIXELS  # used when run_batch builds the Colorizer itself
+    model: str = "lcode"
+    model_repository: Path | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise LangcolorError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 1:
+            raise LangcolorError(f"workers must be at least 1, got {self.workers}")
+        if self.in_flight is not None and self.in_flight < 1:
+            raise LangcolorError(f"in_flight must be at least 1, got {self.in_flight}")
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    total: int  # images planned (including skipped and failed)
+    done: int  # colorized and written by this run
+    already_done: int  # finished by an earlier run, same input, caption and model
+    skipped: int  # no caption
+    failed: int
+    seconds: float
+    report: Path  # the JSONL failure report
+    failures: tuple[Failure, ...]
+    skipped_inputs: tuple[str, ...]
+    aborted: str | None = None  # why the run stopped before the end, None if it did not
+
+    @property
+    def images_per_s(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.aborted is None
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """An image decoded and prepared, waiting for inference."""
+
+    item: BatchItem
+    input_sha256: str
+    key: JobKey
+    prepared: Any  # Colorizer.PreparedImage
+    tokens: np.ndarray  # int64 [T]
+
+
+def model_identity(colorizer: Any) -> str:
+    """The weights hash that goes into every record: a different model redoes every image."""
+    for owner in (colorizer, getattr(colorizer, "bundle", None)):
+        manifest = getattr(owner, "manifest", None)
+        if manifest is not None:
+            return manifest.weights_sha256
+    raise LangcolorError("the colorizer does not expose its model manifest (weights hash); cannot record outputs")
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, LangcolorError):
+        return str(e)
+    log.debug("unexpected error", exc_info=e)
+    return f"{type(e).__name__}: {e}"
+
+
+class _Pipeline:
+    def __init__(self, colorizer: Any, records: RecordLog, report: FailureReport, options: BatchOptions, weights: str):
+        self.colorizer, self.records, self.report, self.options = colorizer, records, report, options
+        self.weights = weights
+        self.out_dir = Path(options.output).absolute()
+        self.done = self.already = self.failed = 0
+        self.aborted: str | None = None
+        self._captions: dict[str, np.ndarray] = {}
+
+    # --- work done in the threads -------------------------------------------------------------
+    def _tokens(self, caption: str) -> np.ndarray:
+        ids = self._captions.get(caption)
+        if ids is None:
+            ids = np.asarray(self.colorizer.encode_caption(caption).ids, dtype=np.int64)  # [T]
+            self._captions[caption] = ids
+        return ids
+
+    def _prepare(self, item: BatchItem) -> _Ready | None:
+        try:
+            data = item.path.read_bytes()
+        except OSError as e:
+            raise LangcolorError(f"cannot read ({e.strerror or e})") from e
+        sha = hashlib.sha256(data).hexdigest()
+        key = JobKey(self.options.model, self.weights, item.caption or "", item.out_format)
+        if self.records.is_done(item.out_rel, sha, key):
+            return None
+        tokens = self._tokens(item.caption or "")  # CaptionError fails this image alone
+        return _Ready(item, sha, key, self.colorizer.prepare(data), tokens)
+
+    def _infer(self, batch: list[_Ready]) -> np.ndarray:
+        l_small = np.stack([r.prepared.l_small for r in batch])  # [B, 1, S, S]
+        tokens = np.stack([r.tokens for r in batch])  # [B, T]
+        ab = self.colorizer.infer_ab(l_small, tokens)  # [B, 2, S, S]
+        assert ab.shape[0] == len(batch), (ab.shape, len(batch))
+        return ab
+
+    def _finish(self, ready: _Ready, ab: np.ndarray) -> None:  # ab [2, S, S]
+        rgb = self.colorizer.finish(ready.prepared, ab)  # [H, W, 3] uint8, original L
+        loaded = ready.prepared.loaded
+        data = encode_image(rgb, ready.item.out_format, exif=loaded.exif, icc=loaded.icc)
+        target = self.out_dir / ready.item.out_rel
+        try:
+            write_atomic(target, data)
+        except OSError as e:
+            raise LangcolorError(f"cannot write {target}: {e.strerror or e}") from e
+        self.records.add(ready.item.out_rel, ready.item.rel, ready.input_sha256, ready.key, len(data))
+
+    # --- the scheduler, on the calling thread -------------------------------------------------
+    def _fail(self, item: BatchItem, e: BaseException, bar: tqdm) -> None:
+        reason = _reason(e)
+        log.warning("%s: %s", item.rel, reason)
+        self.report.add(item.rel, reason)
+        self.failed += 1
+        bar.update(1)
+
+    def run(self, work: list[BatchItem]) -> None:
+        opts = self.options
+        workers = opts.workers or min(8, os.cpu_count() or 2)
+        in_flight = opts.in_flight or (SERVER_IN_FLIGHT if opts.server else 1)
+        # At most this many images between "read" and "written": the memory bound.
+        cap = 2 * workers + opts.batch_size * (in_flight + 1)
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="langcolor-io")
+        infer_pool = ThreadPoolExecutor(in_flight, thread_name_prefix="langcolor-infer")
+        bar = tqdm(total=len(work), unit="img", disable=not opts.progress, dynamic_ncols=True, smoothing=0.05)
+        pending: dict[Future, tuple[str, Any]] = {}
+        ready: list[_Ready] = []
+        todo = iter(work)
+        exhausted, outstanding, preparing = False, 0, 0
+        try:
+            while True:
+                while not exhausted and self.aborted is None and outstanding < cap:
+                    item = next(todo, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    pending[pool.submit(self._prepare, item)] = ("prepare", item)
+                    outstanding += 1
+                    preparing += 1
+                if self.aborted is not None and ready:
+                    outstanding -= len(ready)  # not started; the rerun does them
+                    ready.clear()
+                while len(ready) >= opts.batch_size or (ready and exhausted and preparing == 0):
+                    batch, ready = ready[: opts.batch_size], ready[opts.batch_size :]
+                    pending[infer_pool.submit(self._infer, batch)] = ("infer", batch)
+                if not pending:
+                    break
+                finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                for future in finished:
+                    kind, payload = pending.pop(future)
+                    if future.cancelled():  # only after an abort: not started, the rerun does it
+                        preparing -= kind == "prepare"
+                        outstanding -= len(payload) if kind == "infer" else 1
+                        continue
+                    error = future.exception()
+                    if kind == "prepare":
+                        preparing -= 1
+                        if error is not None:
+                            outstanding -= 1
+                            self._fail(payload, error, bar)
+                        elif future.result() is None:
+                            outstanding -= 1
+                            self.already += 1
+                            bar.update(1)
+                        else:
+                            ready.append(future.result())
+                    elif kind == "infer":
+                        if isinstance(error, ServerError):
+                            self.aborted = self.aborted or str(error)
+                            outstanding -= len(payload)
+                            for other, (other_kind, _) in pending.items():
+                                if other_kind != "finish":
+                                    other.cancel()
+                        elif error is not None:
+                            outstanding -= len(payload)
+                            for r in payload:
+                                self._fail(r.item, LangcolorError(f"inference failed: {_reason(error)}"), bar)
+                        else:
+                            ab = future.result()  # [B, 2, S, S]
+                            for i, r in enumerate(payload):
+                                pending[pool.submit(self._finish, r, ab[i])] = ("finish", r)
+                    else:
+                        outstanding -= 1
+                        if error is not None:
+                            self._fail(payload.item, error, bar)
+                        else:
+                            self.done += 1
+                            bar.update(1)
+                    bar.set_postfix(failed=self.failed, refresh=False)
+        finally:
+            # On Ctrl-C: drop what has not started, let running writes complete (each is atomic).
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            infer_pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
+
+
+def _load_colorizer(options: BatchOptions) -> Any:
+    from .colorizer import Colorizer
+
+    return Colorizer(
+        model=options.model,
+        server=options.server,
+        protocol=options.protocol,
+        model_repository=options.model_repository,
+        max_pixels=options.max_pixels,
+    )
+
+
+def run_batch(options: BatchOptions, colorizer: Any = None) -> BatchSummary:
+    """Colorize every image of ``options.source`` into ``options.output``; see the module docstring.
+
+    ``colorizer`` lets a caller reuse a loaded ``Colorizer`` (its own ``max_pixels`` then applies).
+    Raises ``LangcolorError`` when the job is refused (unsafe paths, collisions, a locked folder).
+    """
+    started = time.perf_counter()
+    plan = plan_batch(options.source, options.output, options.captions, options.default_caption, options.format)
+    out_dir = Path(options.output).absolute()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LangcolorError(f"cannot create output folder {out_dir}: {e.strerror or e}") from e
+    colorizer = colorizer if colorizer is not None else _load_colorizer(options)
+    weights = model_identity(colorizer)
+    work = [item for item in plan.items if item.caption is not None]
+    skipped = tuple(item.rel for item in plan.items if item.caption is None)
+    for rel in skipped:
+        log.warning("%s: skipped, no caption (give one in the manifest or use --default-caption)", rel)
+    with RecordLog(out_dir) as records, FailureReport(out_dir) as report:
+        remove_stale_temporaries(out_dir)
+        for rel, reason in plan.missing:
+            report.add(rel, reason)
+        log.info("%d image(s) to consider, %d skipped, %d already recorded", len(work), len(skipped), len(records))
+        pipeline = _Pipeline(colorizer, records, report, options, weights)
+        pipeline.run(work)
+        failures = tuple(report.failures)
+    if pipeline.aborted:
+        log.error("run stopped: %s", pipeline.aborted)
+    return BatchSummary(
+        total=len(plan.items) + len(plan.missing),
+        done=pipeline.done,
+        already_done=pipeline.already,
+        skipped=len(skipped),
+        failed=len(failures),
+        seconds=time.perf_counter() - started,
+        report=report.path,
+        failures=failures,
+        skipped_inputs=skipped,
+        aborted=pipeline.aborted,
+    )
