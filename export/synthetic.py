@@ -220,6 +220,8 @@ def make_scene(seed: int, split: str, index: int, image_size: int, max_tokens: i
     order = rng.permutation(len(shapes))
     n_named = int(rng.integers(1, len(shapes) + 1)) if rng.random() < 0.85 else 0
     named_idx = order[:n_named].tolist()  # mentioned in this random order
+    if split == "heldout":  # every held-out pair is named, so each scene tests coupling
+        named_idx += [k for k in order.tolist() if (shapes[k], colours[k]) in HELD_OUT and k not in named_idx]
     mention_bg = rng.random() < (0.5 if n_named else 1.0)
     named = [(shapes[k], colours[k]) for k in named_idx]
     caption, words, pairs = _caption(rng, named, bg_colour if mention_bg else None, max_tokens)

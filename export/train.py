@@ -1,0 +1,144 @@
+"""Train L-CoDe on synthetic scenes: smooth-L1 on ab + BCE on the OCCM, Adam with cosine decay.
+
+Data are drawn on the fly and deterministically: step ``k`` trains on training scenes
+``k*B .. (k+1)*B - 1`` of the seed, so a resumed run sees exactly the batches an uninterrupted one
+would. ``OUT/checkpoint.pt`` (with optimizer state) is rewritten every ``checkpoint_every`` steps and
+at the end; ``OUT/weights.pt`` (weights, config, tokenizer, hash; no optimizer) is the shippable file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from langcolor.client.spec import PAD_ID
+from langcolor.client.tokenizer import CaptionTokenizer
+
+from . import synthetic
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import LCoDeConfig, get_config
+from .lcode import LCoDe, count_parameters
+
+log = logging.getLogger(__name__)
+
+AB_LOSS_UNIT = 10.0  # smooth-L1 (delta = 1) on ab measured in tens of Lab units: quadratic below 10
+CHECKPOINT_FILE = "checkpoint.pt"
+WEIGHTS_FILE = "weights.pt"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    config: str = "small"
+    steps: int = 2400
+    batch_size: int = 32
+    lr: float = 2e-3
+    seed: int = 0
+    object_weight: float = 4.0  # object pixels count this many times a background pixel in the ab loss
+    occm_weight: float = 1.0
+    caption_free_rate: float = 0.05  # share of samples trained with an all-padding caption (the baseline)
+    vocab_scenes: int = 4000  # the tokenizer's vocabulary comes from this many training captions
+    checkpoint_every: int = 200
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    checkpoint: Path
+    weights: Path
+    steps: int
+    seconds: float
+    loss: float  # mean total loss over the last 50 steps
+    sha256: str
+
+
+def build_tokenizer(cfg: LCoDeConfig, seed: int, scenes: int) -> CaptionTokenizer:
+    captions = synthetic.training_captions(seed, scenes, cfg.image_size, cfg.max_tokens)
+    return CaptionTokenizer.train(captions, cfg.max_tokens)
+
+
+def make_batch(cfg, tokenizer, options: TrainOptions, step: int) -> dict[str, torch.Tensor]:
+    """The deterministic batch of training step ``step``."""
+    b = options.batch_size
+    scenes = synthetic.make_scenes(options.seed, "train", step * b, b, cfg.image_size, cfg.max_tokens)
+    tokens = tokenizer.encode_batch([s.caption for s in scenes])  # [B,T]
+    arrays = synthetic.stack(scenes, tokens, cfg.max_tokens)
+    rng = np.random.default_rng([options.seed, 7, step])
+    drop = rng.random(b) < options.caption_free_rate  # [B] samples shown without a caption
+    arrays["tokens"][drop] = PAD_ID
+    arrays["occm"][drop] = 0.0
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
+def losses(model: LCoDe, batch: dict[str, torch.Tensor], options: TrainOptions) -> dict[str, torch.Tensor]:
+    ab, occm_logits, pair_mask = model.forward_train(batch["L"], batch["tokens"])  # [B,2,S,S], [B,T,T]
+    weight = 1.0 + (options.object_weight - 1.0) * batch["objects"]  # [B,1,S,S]
+    per_pixel = F.smooth_l1_loss(ab / AB_LOSS_UNIT, batch["ab"] / AB_LOSS_UNIT, reduction="none", beta=1.0)
+    ab_loss = (per_pixel * weight).sum() / (weight.sum() * 2)
+    bce = F.binary_cross_entropy_with_logits(occm_logits, batch["occm"], reduction="none")  # [B,T,T]
+    occm_loss = (bce * pair_mask).sum() / pair_mask.sum().clamp(min=1.0)
+    return {"ab": ab_loss, "occm": occm_loss, "total": ab_loss + options.occm_weight * occm_loss}
+
+
+def train(options: TrainOptions, out_dir: str | Path, resume: bool = True, progress: bool = True) -> TrainResult:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, weights_path = out_dir / CHECKPOINT_FILE, out_dir / WEIGHTS_FILE
+    cfg = get_config(options.config)
+    torch.manual_seed(options.seed)
+
+    start, elapsed = 0, 0.0
+    if resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        saved = ckpt.meta.get("options", {})
+        if saved and saved != asdict(options):
+            log.warning("resuming %s with different options: saved %s, now %s", ckpt_path, saved, asdict(options))
+        tokenizer, model = ckpt.tokenizer, LCoDe(ckpt.config, ckpt.vocab_size)
+        model.load_state_dict(ckpt.state_dict)
+        cfg, start, elapsed = ckpt.config, ckpt.step, float(ckpt.meta.get("train_seconds", 0.0))
+        log.info("resuming from %s at step %d", ckpt_path, start)
+    else:
+        tokenizer = build_tokenizer(cfg, options.seed, options.vocab_scenes)
+        model = LCoDe(cfg, tokenizer.vocab_size)
+        ckpt = None
+    log.info("config %s: %d parameters, vocabulary %d words", cfg.name, count_parameters(model), tokenizer.vocab_size)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(options.steps, 1))
+    if ckpt is not None and ckpt.optimizer is not None:
+        optimizer.load_state_dict(ckpt.optimizer)
+        scheduler.load_state_dict(ckpt.scheduler)
+
+    def meta() -> dict:
+        return {"options": asdict(options), "train_seconds": elapsed, "data": "synthetic", "seed": options.seed}
+
+    recent: list[float] = []
+    model.train()
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, options.steps), initial=start, total=options.steps, disable=not progress, desc="train")
+    for step in bar:
+        batch = make_batch(cfg, tokenizer, options, step)
+        parts = losses(model, batch, options)
+        optimizer.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        scheduler.step()
+        recent = (recent + [float(parts["total"].detach())])[-50:]
+        bar.set_postfix(ab=f"{parts['ab'].item():.3f}", occm=f"{parts['occm'].item():.3f}")
+        done = step + 1
+        if done % options.checkpoint_every == 0 or done == options.steps:
+            elapsed += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            save_checkpoint(ckpt_path, model, tokenizer, done, meta(), optimizer, scheduler)
+            log.info("step %d: loss %.4f (ab %.4f, occm %.4f), %.0f s", done, np.mean(recent),
+                     parts["ab"].item(), parts["occm"].item(), elapsed)
+    elapsed += time.perf_counter() - t0
+    model.eval()
+    digest = save_checkpoint(weights_path, model, tokenizer, options.steps, meta())
+    return TrainResult(ckpt_path, weights_path, options.steps, elapsed, float(np.mean(recent)) if recent else float("nan"), digest)

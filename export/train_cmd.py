@@ -1,0 +1,46 @@
+"""``langcolor train``: train an L-CoDe network on synthetic scenes, resumably."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="small", help="network size: small (shipped), tiny (tests), full (paper)")
+    parser.add_argument("--steps", type=int, default=2400, help="optimisation steps in all (cosine decay spans them)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for checkpoint.pt (resumable) and weights.pt")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the weights, the scenes and the vocabulary")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate at step 0")
+    parser.add_argument("--object-weight", type=float, default=4.0, help="ab-loss weight of object pixels vs background")
+    parser.add_argument("--checkpoint-every", type=int, default=200, help="steps between resumable checkpoints")
+    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out and start over")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from langcolor.client.errors import LangcolorError
+
+    from .train import TrainOptions, train
+
+    if args.steps < 1 or args.batch_size < 1 or args.checkpoint_every < 1:
+        raise LangcolorError("--steps, --batch-size and --checkpoint-every must be positive")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = TrainOptions(
+        config=args.config,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        object_weight=args.object_weight,
+        checkpoint_every=args.checkpoint_every,
+    )
+    result = train(options, args.out, resume=not args.fresh, progress=not args.no_progress)
+    print(f"trained {result.steps} steps in {result.seconds:.0f} s, final loss {result.loss:.4f}")
+    print(f"weights: {result.weights} (sha256 {result.sha256[:16]})")
+    return 0
