@@ -85,10 +85,18 @@ class ParityReport:
         ]
 
     def to_json(self) -> str:
-        raw = asdict(self)
-        raw["worst"] = self.worst()
-        raw["ok"] = self.ok
-        return json.dumps(raw, indent=1)
+        """Summary fields indented, one line per check (a few hundred lines, diff-friendly)."""
+        head = {
+            "family": self.family,
+            "ok": self.ok,
+            "tolerance": self.tolerance,
+            "batch_sizes": list(self.batch_sizes),
+            "max_tokens": self.max_tokens,
+            "worst": self.worst(),
+        }
+        body = json.dumps(head, indent=1)[:-2]  # drop the closing "\n}"
+        checks = ",\n  ".join(json.dumps(asdict(c)) for c in self.checks)
+        return f"{body},\n \"checks\": [\n  {checks}\n ]\n}}"
 
     def save(self, path: Path) -> Path:
         Path(path).write_text(self.to_json() + "\n")
