@@ -15,6 +15,7 @@ planned and checked in ``batch_sources``, records and atomic writes live in ``ba
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .batch_sources import BatchItem, plan_batch
+from .batch_sources import STATE_DIR, BatchItem, plan_batch
 from .batch_state import Failure, FailureReport, JobKey, RecordLog, remove_stale_temporaries, write_atomic
 from .errors import LangcolorError, ServerError
 from .imageio import DEFAULT_MAX_PIXELS, encode_image
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 8
 SERVER_IN_FLIGHT = 4  # concurrent requests to a server: enough for Triton's dynamic batcher to merge
+_NO_PIXELS = np.zeros((0, 0, 3), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,8 @@ def model_identity(colorizer: Any) -> str:
 
 def _reason(e: BaseException) -> str:
     if isinstance(e, LangcolorError):
-        return str(e)
+        # prepare() is given the file's bytes (hashed and decoded from one read); the report names the file.
+        return str(e).removeprefix("image bytes: ")
     log.debug("unexpected error", exc_info=e)
     return f"{type(e).__name__}: {e}"
 
@@ -140,7 +143,11 @@ class _Pipeline:
         if self.records.is_done(item.out_rel, sha, key):
             return None
         tokens = self._tokens(item.caption or "")  # CaptionError fails this image alone
-        return _Ready(item, sha, key, self.colorizer.prepare(data), tokens)
+        prepared = self.colorizer.prepare(data)
+        # finish() needs only the L planes and the metadata: drop the float RGB copy (12 bytes a
+        # pixel) so an image waiting for inference holds a third of the memory.
+        prepared = dataclasses.replace(prepared, loaded=dataclasses.replace(prepared.loaded, rgb=_NO_PIXELS))
+        return _Ready(item, sha, key, prepared, tokens)
 
     def _infer(self, batch: list[_Ready]) -> np.ndarray:
         l_small = np.stack([r.prepared.l_small for r in batch])  # [B, 1, S, S]
@@ -303,3 +310,76 @@ def run_batch(options: BatchOptions, colorizer: Any = None) -> BatchSummary:
         skipped_inputs=skipped,
         aborted=pipeline.aborted,
     )
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def write_benchmark_photos(folder: Path, count: int = 300, seed: int = 0) -> list[Path]:
+    """``count`` mixed-size JPEG/PNG photographs (crops of scikit-image's photos, 0.01-2 megapixels).
+
+    Needs scikit-image (a test/bench extra, imported here only).
+    """
+    from PIL import Image
+    from skimage import data as skdata
+
+    photos = [skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket(), skdata.hubble_deep_field()]
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    paths = []
+    for i in range(count):
+        src = photos[i % len(photos)]
+        h, w = src.shape[:2]
+        ch, cw = int(rng.integers(h // 3, h + 1)), int(rng.integers(w // 3, w + 1))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        scale = float(rng.choice([0.25, 0.5, 1.0, 1.5, 2.0]))
+        im = Image.fromarray(src[y : y + ch, x : x + cw]).resize((max(8, int(cw * scale)), max(8, int(ch * scale))))
+        path = folder / f"{i // 100:02d}" / (f"photo_{i:04d}.jpg" if i % 2 else f"photo_{i:04d}.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        im.save(path, **({"quality": 90} if path.suffix == ".jpg" else {}))
+        paths.append(path)
+    return paths
+
+
+def benchmark_batch(
+    source: Path, workdir: Path, colorizer: Any, caption: str = "a photo", batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None, in_flight: int | None = None, server: str | None = None,
+) -> dict:
+    """End-to-end images/s of ``run_batch`` over ``source`` next to the model's own images/s
+    (``infer_ab`` alone at the same batch size), so the figure says how close the pipeline
+    comes to what the model allows. Writes into a fresh folder under ``workdir``."""
+    out = Path(workdir) / f"bench-{time.time_ns()}"
+    options = BatchOptions(
+        source=Path(source), output=out, default_caption=caption, batch_size=batch_size, workers=workers,
+        in_flight=in_flight, server=server, progress=False,
+    )
+    summary = run_batch(options, colorizer)
+    pixels = 0
+    for path in out.rglob("*"):
+        if path.is_file() and path.suffix in (".png", ".jpg") and STATE_DIR not in path.parts:
+            with Image.open(path) as im:  # header only
+                pixels += im.size[0] * im.size[1]
+    geom = colorizer.geometry
+    rng = np.random.default_rng(0)
+    l_small = rng.uniform(0, 100, (batch_size, 1, geom.image_size, geom.image_size)).astype(np.float32)  # [B, 1, S, S]
+    tokens = np.repeat(np.asarray(colorizer.encode_caption(caption).ids, np.int64)[None], batch_size, 0)  # [B, T]
+    for _ in range(2):  # warm-up
+        colorizer.infer_ab(l_small, tokens)
+    calls = max(3, summary.done // batch_size)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        colorizer.infer_ab(l_small, tokens)
+    model_ips = calls * batch_size / (time.perf_counter() - t0)
+    return {
+        "images": summary.done,
+        "failed": summary.failed,
+        "seconds": round(summary.seconds, 3),
+        "pipeline_images_per_s": round(summary.images_per_s, 2),
+        "model_images_per_s": round(model_ips, 2),
+        "pipeline_over_model": round(summary.images_per_s / model_ips, 3) if model_ips else None,
+        "mean_megapixels": round(pixels / max(1, summary.done) / 1e6, 3),
+        "batch_size": batch_size,
+        "workers": workers or min(8, os.cpu_count() or 2),
+        "in_flight": in_flight or (SERVER_IN_FLIGHT if server else 1),
+        "server": server,
+    }

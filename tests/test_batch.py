@@ -56,18 +56,19 @@ def _png_declaring(width: int, height: int) -> bytes:
     return bytes(raw)
 
 
+# Captions use words every model knows (the tiny test model's and the shipped model's vocabularies).
 GOOD = {  # relative path -> caption
-    "astronaut.png": "a person in a white suit",
-    "coffee.jpg": "a cup of brown coffee",
-    "cats/chelsea_small.png": "an orange cat",
-    "cats/deep/chelsea_tall.jpg": "an orange cat",
-    "gray/camera.png": "a man with a black camera",
-    "gray/moon16.png": "a gray moon",
-    "cmyk.jpg": "a red rocket",
-    "rotated.jpg": "a cup of brown coffee",
-    "rgba.png": "a person in a white suit",
-    "icc.tif": "blue sky over the sea",
-    "tiny.png": "green grass",
+    "astronaut.png": "a red circle on a blue background",
+    "coffee.jpg": "a brown circle",
+    "cats/chelsea_small.png": "an orange triangle",
+    "cats/deep/chelsea_tall.jpg": "an orange triangle",
+    "gray/camera.png": "a gray square",
+    "gray/moon16.png": "a yellow circle",
+    "cmyk.jpg": "a red triangle",
+    "rotated.jpg": "a brown circle",
+    "rgba.png": "a purple square",
+    "icc.tif": "a blue square on a green background",
+    "tiny.png": "a green square",
 }
 BAD = {  # relative path -> what is wrong with it
     "broken/corrupt.png": "png signature then noise",
@@ -75,7 +76,9 @@ BAD = {  # relative path -> what is wrong with it
     "broken/notes.png": "a text file",
     "broken/empty.jpg": "zero bytes",
     "broken/bomb.png": "declares 60000 x 60000",
+    "broken/too_big.jpg": "700 x 500, over the --max-pixels used here",
 }
+MAX_PIXELS = 300_000
 
 
 def write_photos(root: Path) -> None:
@@ -109,6 +112,7 @@ def write_photos(root: Path) -> None:
     (root / "broken/notes.png").write_text("Box 12: photographs of the harbour, 1931.\n")
     (root / "broken/empty.jpg").write_bytes(b"")
     (root / "broken/bomb.png").write_bytes(_png_declaring(60000, 60000))
+    Image.fromarray(_sized(coffee, 500, 700)).save(root / "broken/too_big.jpg")
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
@@ -265,3 +269,202 @@ def test_write_atomic_leaves_no_temporary_and_stale_ones_are_removed(tmp_path):
     keep.write_text("not ours")
     assert remove_stale_temporaries(tmp_path) == 1
     assert not stale.exists() and keep.exists()
+
+
+# --------------------------------------------------------------------------- real runs
+
+
+def _shipped_repository() -> Path | None:
+    from langcolor.client.paths import default_model_repository
+
+    repo = default_model_repository()
+    ready = (repo / "lcode/1/langcolor.json").is_file() and all(
+        (repo / f"lcode_{stage}/1/model.onnx").is_file() for stage in ("encoder", "fusion", "decoder")
+    )
+    return repo if ready else None
+
+
+@pytest.fixture(scope="module")
+def model_repo(tmp_path_factory) -> Path:
+    """The shipped model repository when it is there, else a tiny random-weight export."""
+    shipped = _shipped_repository()
+    if shipped is not None:
+        return shipped
+    from langcolor.export.triton_repo import build_tiny_repository
+
+    return build_tiny_repository(tmp_path_factory.mktemp("tiny_repo"))
+
+
+@pytest.fixture(scope="module")
+def colorizer(model_repo):
+    from langcolor.client.colorizer import Colorizer
+
+    return Colorizer(model_repository=model_repo, max_pixels=MAX_PIXELS)
+
+
+def write_bulk(root: Path, count: int) -> dict[str, str]:
+    """``count`` more real photos of mixed sizes, so a run lasts long enough to be killed."""
+    photos = [skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket()]
+    captions = ["a red circle", "a blue square", "a green triangle", "a yellow square"]
+    out = {}
+    for i in range(count):
+        side = 96 + 37 * i
+        rel = f"bulk/{i % 3}/photo_{i:02d}." + ("jpg" if i % 2 else "png")
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_sized(photos[i % 4], side % 400 + 64, (side * 7) % 450 + 64)).save(root / rel)
+        out[rel] = captions[i % 4]
+    return out
+
+
+def _write_captions(path: Path, captions: dict[str, str]) -> None:
+    lines = ["path,caption"] + [f"{rel},{caption}" for rel, caption in captions.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _outputs(out: Path) -> set[str]:
+    """Every file under the output folder except the run's own bookkeeping."""
+    return {
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*")
+        if p.is_file() and ".langcolor" not in p.relative_to(out).parts and p.name != "failures.jsonl"
+    }
+
+
+def _records(out: Path) -> list[dict]:
+    lines = (out / ".langcolor/records.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _lightness(rgb: np.ndarray) -> np.ndarray:
+    from langcolor.client.lab import rgb_to_lab
+
+    return rgb_to_lab(rgb)[..., 0]  # [H, W]
+
+
+def _batch_cmd(src: Path, out: Path, captions: Path, repo: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "langcolor.client.cli", "batch", str(src), "--output", str(out),
+        "--captions", str(captions), "--default-caption", "a gray square", "--model-repository", str(repo),
+        "--max-pixels", str(MAX_PIXELS), "--workers", "1", "--batch-size", "2", "--no-progress",
+    ]
+
+
+def test_sigkill_then_rerun_finishes_every_image_exactly_once(tmp_path, model_repo):
+    from langcolor.client.imageio import load_image
+
+    src, out = tmp_path / "archive", tmp_path / "colour"
+    write_photos(src)
+    captions = dict(GOOD) | write_bulk(src, 30)
+    manifest = tmp_path / "captions.csv"
+    _write_captions(manifest, captions)
+    before = tree_hashes(src)
+
+    proc = subprocess.Popen(_batch_cmd(src, out, manifest, model_repo), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    records = out / ".langcolor/records.jsonl"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if records.exists() and records.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the first run ended before it could be killed"
+    finished_before = {r["output"] for r in _records(out)}
+    assert 2 <= len(finished_before) < len(captions)
+
+    stale = out / "bulk/0" / f".photo_00.png{TMP_MARK}99999-dead"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"\x89PNG half")  # as a kill between write and rename leaves it
+    rerun = subprocess.run(_batch_cmd(src, out, manifest, model_repo), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 1, rerun.stderr  # the bad files failed
+    summary = rerun.stdout.strip().splitlines()[-2]
+    assert f"already done {len(finished_before)}," in summary, summary
+    assert f"done {len(captions) - len(finished_before)}," in summary, summary
+    assert f"failed {len(BAD)} " in summary, summary
+
+    # Every good image exactly once, under its relative path; nothing else (no temporaries).
+    expected = {str(Path(rel).with_suffix(".png").as_posix()) for rel in captions}
+    assert _outputs(out) == expected
+    assert sorted(r["output"] for r in _records(out)) == sorted(expected)  # one record each
+    report = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert sorted(f["input"] for f in report) == sorted(BAD)
+    reasons = {f["input"]: f["reason"] for f in report}
+    assert "exceeds the limit" in reasons["broken/too_big.jpg"]
+    assert "truncated" in reasons["broken/truncated.jpg"]
+    assert "empty" in reasons["broken/empty.jpg"]
+    assert tree_hashes(src) == before  # inputs never modified
+
+    for rel in captions:
+        original = load_image(src / rel)
+        result_path = out / Path(rel).with_suffix(".png")
+        with Image.open(result_path) as im:
+            im.load()
+            assert im.size == original.size, rel  # upright: orientation applied to the pixels
+            assert im.mode == "RGB"
+        result = load_image(result_path)
+        diff = np.abs(_lightness(result.rgb) - _lightness(original.rgb))  # [H, W]
+        assert diff.max() < 1.0, (rel, float(diff.max()))  # the input's L, up to 8-bit rounding
+    with Image.open(out / "rotated.png") as im:
+        exif = im.getexif()
+        assert exif.get(0x010F) == "Langcolor Test Camera" and exif.get(0x0112) in (None, 1)
+    with Image.open(out / "icc.png") as im, Image.open(src / "icc.tif") as orig:
+        assert im.info.get("icc_profile") == orig.info["icc_profile"]
+
+
+def test_changed_caption_or_model_redoes_only_what_changed(tmp_path, colorizer, model_repo):
+    from langcolor.client.batch import BatchOptions, run_batch
+    from langcolor.client.colorizer import Colorizer
+    from langcolor.export.triton_repo import build_tiny_repository
+
+    src, out = tmp_path / "archive", tmp_path / "colour"
+    src.mkdir()
+    for name, photo in [("a.png", skdata.astronaut()), ("b.jpg", skdata.coffee()), ("c.png", skdata.chelsea())]:
+        Image.fromarray(_sized(photo, 120, 160)).save(src / name)
+    Image.fromarray(_sized(skdata.rocket(), 100, 100)).save(src / "uncaptioned.png")
+    manifest = src / "list.jsonl"
+
+    def run(captions: dict[str, str], with_colorizer=colorizer):
+        manifest.write_text("".join(json.dumps({"path": p, "caption": c}) + "\n" for p, c in captions.items()))
+        return run_batch(BatchOptions(manifest, out, progress=False, workers=2, batch_size=2), with_colorizer)
+
+    captions = {"a.png": "a red circle", "b.jpg": "a blue square", "c.png": "a green triangle", "uncaptioned.png": ""}
+    first = run(captions)
+    assert (first.done, first.already_done, first.skipped, first.failed) == (3, 0, 1, 0)
+    assert first.skipped_inputs == ("uncaptioned.png",) and first.ok
+    stamps = {p: (out / p).stat().st_mtime_ns for p in ("a.png", "b.png", "c.png")}
+    old_b = (out / "b.png").read_bytes()
+
+    again = run(captions)
+    assert (again.done, again.already_done) == (0, 3)
+    assert {p: (out / p).stat().st_mtime_ns for p in stamps} == stamps  # nothing rewritten
+
+    changed = run(captions | {"b.jpg": "a yellow circle"})
+    assert (changed.done, changed.already_done) == (1, 2)
+    assert (out / "a.png").stat().st_mtime_ns == stamps["a.png"]
+    assert (out / "c.png").stat().st_mtime_ns == stamps["c.png"]
+    assert (out / "b.png").read_bytes() != old_b  # a different caption, different colours
+    assert {r["output"]: r["caption"] for r in _records(out)}["b.png"] == "a yellow circle"
+    yellow_b = (out / "b.png").read_bytes()
+
+    unknown = run(captions | {"b.jpg": "zzzq qqqz"})  # no known word: this image fails alone
+    assert (unknown.done, unknown.already_done, unknown.failed) == (0, 2, 1) and not unknown.ok
+    assert unknown.failures[0].input == "b.jpg" and "no word" in unknown.failures[0].reason
+    assert (out / "b.png").read_bytes() == yellow_b  # the previous output is left whole
+
+    other = Colorizer(model_repository=build_tiny_repository(tmp_path / "other_model", seed=1))
+    assert other.bundle.manifest.weights_sha256 != colorizer.bundle.manifest.weights_sha256
+    remodel = run(captions, with_colorizer=other)
+    assert (remodel.done, remodel.already_done) == (3, 0)
+
+
+def test_cli_refuses_unsafe_jobs_before_any_work(tmp_path):
+    from langcolor.client.cli import main
+
+    src = tmp_path / "archive"
+    src.mkdir()
+    Image.new("L", (8, 8)).save(src / "x.png")
+    assert main(["batch", str(src), "--output", str(src / "out"), "--default-caption", "a red circle"]) == 2
+    assert main(["batch", str(src), "--output", str(tmp_path / "out")]) == 2  # no caption source at all
+    (src / "list.csv").write_text("path,caption\n../../etc/passwd,a red circle\n")
+    assert main(["batch", str(src / "list.csv"), "--output", str(tmp_path / "out")]) == 2
+    assert not (src / "out").exists() and not (tmp_path / "out").exists()
