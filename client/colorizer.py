@@ -136,9 +136,9 @@ class Colorizer:
 def check_output_path(path: str | Path) -> Path:
     """Fail before any work if ``path`` cannot receive a file: a directory, a missing or read-only folder."""
     path = Path(path)
-    format_for_path(path)
     if path.is_dir():
         raise LangcolorError(f"output '{path}' is a directory; give a file name such as {path / 'out.png'}")
+    format_for_path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise LangcolorError(f"output folder '{parent}' does not exist")
@@ -152,7 +152,10 @@ def check_output_path(path: str | Path) -> Path:
 def write_atomically(path: Path, data: bytes) -> Path:
     """Write to a temporary file beside ``path`` and rename it over ``path``: readers never see half a file."""
     check_output_path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise LangcolorError(f"cannot write output '{path}': {e.strerror or e}") from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -1,0 +1,180 @@
+"""``langcolor colorize``: the happy path, one clear line for each user error, no partial output;
+and, on the shipped model, that the colours follow the caption."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from langcolor.client.cli import main
+from langcolor.client.lab import lab_to_rgb, rgb_to_lab
+from langcolor.client.paths import default_model_repository
+
+from test_runtime import write_toy_repository  # tests/ is on sys.path under pytest's default import mode
+
+SHIPPED = default_model_repository()
+shipped = (SHIPPED / "lcode" / "1" / "langcolor.json").is_file()
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    """A toy model repository (the default one may not be generated yet) and a grayscale photo."""
+    repo = tmp_path / "repo"
+    write_toy_repository(repo)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(skimage.data.camera()[:121, :87]).save(photo)
+    monkeypatch.chdir(tmp_path)
+    return repo, photo
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(["colorize", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_colorize_writes_output_with_input_l(env, capsys, tmp_path):
+    repo, photo = env
+    code, out, err = _run(capsys, photo, "--caption", "a red car on green grass", "-o", "out.png", "--model-repository", repo)
+    assert code == 0, err
+    assert "wrote out.png (87x121, in-process" in out
+    rgb = np.asarray(Image.open(tmp_path / "out.png"))
+    assert rgb.shape == (121, 87, 3)
+    l_in = rgb_to_lab(np.repeat(skimage.data.camera()[:121, :87, None], 3, axis=2) / 255.0)[..., 0]
+    assert np.abs(rgb_to_lab(rgb / 255.0)[..., 0] - l_in).max() < 0.27  # rounding bound, test_reconstruct
+    assert np.abs(rgb_to_lab(rgb / 255.0)[..., 1:]).mean() > 1.0  # colour was added
+
+
+def test_unknown_words_are_printed(env, capsys):
+    repo, photo = env
+    code, out, _ = _run(capsys, photo, "-c", "a red zeppelin", "-o", "o.jpg", "--model-repository", repo)
+    assert code == 0 and "ignored unknown words: zeppelin" in out
+    assert Image.open("o.jpg").format == "JPEG"
+
+
+def _junk_files(tmp: Path) -> dict[str, Path]:
+    truncated_png = io.BytesIO()
+    Image.fromarray(skimage.data.astronaut()).save(truncated_png, "PNG")
+    truncated_jpg = io.BytesIO()
+    Image.fromarray(skimage.data.astronaut()).save(truncated_jpg, "JPEG")
+    files = {
+        "empty.png": b"",
+        "text.png": b"hello, I am not an image\n",
+        "cut.png": truncated_png.getvalue()[:20_000],
+        "cut.jpg": truncated_jpg.getvalue()[:5_000],
+    }
+    for name, data in files.items():
+        (tmp / name).write_bytes(data)
+    return {name: tmp / name for name in files}
+
+
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("empty.png", "empty file"),
+        ("text.png", "not an image"),
+        ("cut.png", "truncated or corrupt"),
+        ("cut.jpg", "truncated or corrupt"),
+        ("missing.png", "no such file"),
+        ("caption:", "caption is empty"),
+        ("caption:   !!  ", "caption is empty"),
+        ("caption:zeppelin quux", "no word of the caption is known"),
+        ("caption:" + "red " * 40, "at most"),
+        ("output:adir", "is a directory"),
+        ("output:nofolder/out.png", "does not exist"),
+        ("output:out.gif", "cannot write '.gif'"),
+        ("output:/sys/out.png", "cannot write output '/sys/out.png': Permission denied"),  # even for root
+        ("repo:missing", "does not exist"),
+        ("repo:nostage", "stage 'decoder'"),
+        ("pixels:1000", "exceeds the limit of 1000"),
+    ],
+)
+def test_user_errors_give_one_line_and_exit_2(env, capsys, tmp_path, case, needle):
+    repo, photo = env
+    junk = _junk_files(tmp_path)
+    (tmp_path / "adir").mkdir()
+    caption, output, extra = "a red car", "out.png", []
+    kind, _, value = case.partition(":")
+    if case in junk or case == "missing.png":
+        photo = tmp_path / case
+    elif kind == "caption":
+        caption = value
+    elif kind == "output":
+        output = value
+    elif kind == "repo" and value == "missing":
+        repo = tmp_path / "no-such-repo"
+    elif kind == "repo":
+        (repo / "lcode_decoder" / "1" / "model.onnx").unlink()
+    elif kind == "pixels":
+        extra = ["--max-pixels", value]
+    code, out, err = _run(capsys, photo, "--caption", caption, "-o", output, "--model-repository", repo, *extra)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("langcolor colorize: error:"), err
+    assert needle in lines[0], lines[0]
+    assert not (tmp_path / "out.png").exists()  # no partial output
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
+def test_read_only_output_folder(env, capsys, tmp_path):
+    repo, photo = env
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    code, _, err = _run(capsys, photo, "-c", "a red car", "-o", ro / "out.png", "--model-repository", repo)
+    assert code == 2 and "not writable" in err
+
+
+def test_console_script_prints_no_traceback(env, tmp_path):
+    repo, _ = env
+    (tmp_path / "junk.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    exe = Path(sys.executable).with_name("langcolor")
+    proc = subprocess.run(
+        [str(exe), "colorize", "junk.jpg", "-c", "a red car", "-o", "out.png", "--model-repository", str(repo)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "out.png").exists()
+
+
+# ---------------------------------------------------------------- the shipped model
+def _scene(size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A gray photo: a circle (left) and a square (right) on a background; luminances say nothing of colour."""
+    yy, xx = np.mgrid[:size, :size] / size
+    circle = (yy - 0.5) ** 2 + (xx - 0.28) ** 2 < 0.17**2
+    square = (np.abs(yy - 0.5) < 0.15) & (np.abs(xx - 0.72) < 0.15)
+    L = np.full((size, size), 62.0)
+    L[circle], L[square] = 40.0, 80.0
+    gray = lab_to_rgb(np.stack([L, np.zeros_like(L), np.zeros_like(L)], axis=-1))
+    return np.round(gray * 255).astype(np.uint8), circle, square
+
+
+@pytest.mark.skipif(not shipped, reason=f"no shipped model repository at {SHIPPED} yet")
+def test_shipped_model_follows_the_caption(tmp_path, capsys):
+    from langcolor.client.colorizer import Colorizer
+    from langcolor.export.synthetic import PALETTE
+
+    col = Colorizer()
+    photo, circle, square = _scene()
+    names = list(PALETTE)
+    centres = np.array([PALETTE[n] for n in names])
+
+    def nearest(rgb, mask):
+        ab = rgb_to_lab(rgb / 255.0)[..., 1:][mask].mean(axis=0)
+        return names[int(np.argmin(np.linalg.norm(centres - ab, axis=1)))]
+
+    got = {}
+    for c1, c2 in [("red", "blue"), ("blue", "red"), ("green", "yellow"), ("yellow", "green")]:
+        r = col.colorize(photo, f"a {c1} circle and a {c2} square")
+        got[(c1, c2)] = (nearest(r.rgb, circle), nearest(r.rgb, square))
+    assert got == {k: k for k in got}, got  # a caption-blind network cannot pass the swapped pairs
