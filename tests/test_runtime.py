@@ -293,3 +293,36 @@ def test_infer_ab_validates_values_for_both_paths(toy_repo):
     L, tokens = _inputs(geom, 2)
     with pytest.raises(TensorError, match="L: values must lie"):
         col.infer_ab(L * 2, tokens)
+
+
+# ---------------------------------------------------------------- a real export (random weights)
+@pytest.fixture(scope="module")
+def exported_tiny(tmp_path_factory):
+    """``langcolor.export``'s own repository writer on the real L-CoDe architecture (tiny, random)."""
+    triton_repo = pytest.importorskip("langcolor.export.triton_repo", reason="needs torch to export")
+    return triton_repo.build_tiny_repository(tmp_path_factory.mktemp("tiny"), backend="python")
+
+
+def test_runtime_reads_a_real_export(exported_tiny):
+    bundle = ModelBundle.load(exported_tiny)
+    stages = OnnxStages(bundle, intra_op_threads=1)
+    geom = bundle.geometry
+    rng = np.random.default_rng(7)
+    words = [w for w in bundle.tokenizer.vocabulary if not w.startswith("[")]
+    captions = [" ".join(rng.choice(words, size=n)) for n in (1, geom.max_tokens // 2, geom.max_tokens)]
+    tokens = bundle.tokenizer.encode_batch(captions)  # [3, T]
+    L = rng.uniform(0, 100, (3, 1, geom.image_size, geom.image_size)).astype(np.float32)  # [3, 1, S, S]
+    ab = stages.infer_ab(L, tokens)  # [3, 2, S, S]
+    assert ab.shape == (3, 2, geom.image_size, geom.image_size) and np.isfinite(ab).all()
+    assert np.abs(ab).max() <= AB_SCALE
+    for i in range(3):  # batch invariance through the three sessions
+        assert np.abs(stages.infer_ab(L[i : i + 1], tokens[i : i + 1])[0] - ab[i]).max() < 1e-4
+
+
+def test_colorizer_on_a_real_export_keeps_l(exported_tiny):
+    col = Colorizer(model_repository=exported_tiny)
+    photo = skimage.data.coffee()[:97, :131]
+    word = next(w for w in col.tokenizer.vocabulary if not w.startswith("["))
+    r = col.colorize(_png(photo), f"{word} zeppelin")
+    assert r.rgb.shape == (97, 131, 3) and r.unknown_words == ("zeppelin",)
+    assert np.abs(rgb_to_lab(r.rgb / 255.0)[..., 0] - rgb_to_lab(photo / 255.0)[..., 0]).max() < 0.27
