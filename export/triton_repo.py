@@ -16,7 +16,6 @@ swapped in, so a failed export never leaves half a repository where the old one 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -72,16 +71,6 @@ class ExportedRepository:
     parity: ParityReport
 
 
-def state_dict_sha256(model: nn.Module) -> str:
-    """Content hash of a state dict (names, dtypes, shapes and values, in name order)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _git_revision() -> str:
     try:
         out = subprocess.run(
@@ -98,11 +87,15 @@ def _looks_like_repository(path: Path) -> bool:
     return all(e.is_dir() and (e / CONFIG_FILE).is_file() for e in entries)
 
 
+def _check_replaceable(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or not _looks_like_repository(out_dir)):
+        raise LangcolorError(f"{out_dir} exists and is not a model repository; refusing to replace it")
+
+
 def _swap_in(tmp: Path, out_dir: Path) -> None:
     old = None
     if out_dir.exists():
-        if not out_dir.is_dir() or not _looks_like_repository(out_dir):
-            raise LangcolorError(f"{out_dir} exists and is not a model repository; refusing to replace it")
+        _check_replaceable(out_dir)
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         out_dir.rename(old)
     tmp.rename(out_dir)
@@ -132,6 +125,7 @@ def write_repository(
             f"(vocab {geom.vocab_size}, T={geom.max_tokens})"
         )
     out_dir = Path(out_dir).resolve()
+    _check_replaceable(out_dir)  # before minutes of work, and again just before the swap
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
@@ -184,6 +178,7 @@ def build_tiny_repository(out_dir: Path, backend: str = "python", seed: int = 0)
     The colours it produces mean nothing; the files, names, shapes and hashes are those of a real
     export, so servers and clients can be tested in seconds.
     """
+    from .checkpoint import content_hash
     from .config import CONFIGS
     from .lcode import LCoDe
 
@@ -191,8 +186,9 @@ def build_tiny_repository(out_dir: Path, backend: str = "python", seed: int = 0)
     tokenizer = CaptionTokenizer.train(TINY_CAPTIONS, cfg.max_tokens)
     torch.manual_seed(seed)
     model = LCoDe(cfg, tokenizer.vocab_size).eval()
+    weights_sha256 = content_hash(cfg, tokenizer.to_str(), model.state_dict())
     repo = write_model_repository(
-        model, tokenizer, state_dict_sha256(model), Path(out_dir), target=Target(backend=backend),
+        model, tokenizer, weights_sha256, Path(out_dir), target=Target(backend=backend),
         extra={"config": cfg.name, "weights": f"random, seed {seed}"},
     )
     return repo.root

@@ -1,0 +1,97 @@
+"""``langcolor export``: checkpoint -> three ONNX stages, parity-checked -> complete Triton model repository.
+
+torch is imported inside ``run()`` only, so ``langcolor --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from langcolor.client.errors import LangcolorError
+from langcolor.client.imageio import DEFAULT_MAX_PIXELS
+from langcolor.client.paths import default_model_repository
+
+from .triton_config import BACKENDS
+
+# export/weights/lcode_small.pt, the shipped weights (same as checkpoint.default_weights_path()).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "lcode_small.pt"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="trained weights (.pt)")
+    parser.add_argument(
+        "--output", type=Path, default=default_model_repository(), help="model repository to (re)write"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="python",
+        help="python: Python-backend stages running the ONNX files with onnxruntime (the tritonserver in "
+        "nvidia-pytriton); onnxruntime: platform onnxruntime_onnx (NVIDIA's Triton container)",
+    )
+    parser.add_argument("--gpu", action="store_true", help="KIND_GPU instance groups (onnxruntime backend)")
+    parser.add_argument("--tensorrt", action="store_true", help="TensorRT execution accelerator (needs --gpu)")
+    parser.add_argument("--fp16", action="store_true", help="TensorRT in FP16 (needs --tensorrt)")
+    parser.add_argument("--max-batch-size", type=int, default=8, help="max_batch_size of every model (>= 8)")
+    parser.add_argument("--instances", type=int, default=1, help="instances per stage")
+    parser.add_argument("--intra-op-threads", type=int, default=1, help="onnxruntime threads per stage instance")
+    parser.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest image the colorize endpoint decodes"
+    )
+
+
+def _target(args: argparse.Namespace):
+    from .triton_config import Target
+
+    if args.tensorrt and not args.gpu:
+        raise LangcolorError("--tensorrt needs --gpu")
+    if args.fp16 and not args.tensorrt:
+        raise LangcolorError("--fp16 is TensorRT's precision mode: it needs --tensorrt")
+    if args.gpu and args.backend != "onnxruntime":
+        raise LangcolorError("--gpu needs --backend onnxruntime (the python backend runs onnxruntime on CPU)")
+    if args.max_batch_size < 8:
+        raise LangcolorError("--max-batch-size must be at least 8 (the served contract)")
+    if args.instances < 1 or args.intra_op_threads < 1:
+        raise LangcolorError("--instances and --intra-op-threads must be at least 1")
+    preferred = tuple(sorted({max(1, args.max_batch_size // 2), args.max_batch_size}))
+    return Target(
+        backend=args.backend,
+        gpu=args.gpu,
+        tensorrt=args.tensorrt,
+        fp16=args.fp16,
+        max_batch_size=args.max_batch_size,
+        preferred_batch_sizes=preferred,
+        instance_count=args.instances,
+        intra_op_threads=args.intra_op_threads,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    target = _target(args)
+
+    from .checkpoint import load_checkpoint
+    from .triton_repo import write_model_repository
+
+    ckpt = load_checkpoint(args.checkpoint)
+    model = ckpt.build_model()
+    print(f"checkpoint {args.checkpoint} ({ckpt.config.name}, step {ckpt.step}, sha256 {ckpt.sha256[:12]})")
+    repo = write_model_repository(
+        model,
+        ckpt.tokenizer,
+        ckpt.sha256,
+        args.output,
+        target=target,
+        extra={"config": ckpt.config.name, "checkpoint": Path(args.checkpoint).name, "step": ckpt.step},
+        max_pixels=args.max_pixels,
+    )
+    g = repo.manifest.geometry
+    print(
+        f"model repository {repo.root} ({target.backend} backend{', GPU' if target.gpu else ''}"
+        f"{', TensorRT' if target.tensorrt else ''}{' FP16' if target.fp16 else ''}): "
+        f"S={g.image_size}, T={g.max_tokens}, features {list(g.feature_shape)}, vocab {g.vocab_size}"
+    )
+    print("parity against PyTorch (onnxruntime CPU, FP32):")
+    for line in repo.parity.summary_lines():
+        print("  " + line)
+    return 0

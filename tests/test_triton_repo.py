@@ -1,0 +1,252 @@
+"""The generated Triton model repository: layout, every config against its ONNX file, ensemble wiring,
+hashes, both targets, atomic replacement, and the generic stage model's per-request checks on a real server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from google.protobuf import text_format
+from torch import nn
+from tritonclient.grpc import model_config_pb2 as mc
+
+from langcolor.client.errors import ExportParityError, LangcolorError
+from langcolor.client.spec import (
+    MANIFEST_FILE,
+    STAGES,
+    TOKENIZER_FILE,
+    ModelManifest,
+    ensemble_spec,
+    stage_specs,
+)
+from langcolor.client.tokenizer import CaptionTokenizer
+from langcolor.export.config import CONFIGS
+from langcolor.export.lcode import LCoDe
+from langcolor.export.onnx_export import read_signature
+from langcolor.export.triton_config import (
+    CAPTION_NAME,
+    COLORIZE_MODEL,
+    COLORIZED_NAME,
+    IMAGE_NAME,
+    PARAM_GEOMETRY,
+    PARAM_TOKENIZER_SHA256,
+    PARAM_WEIGHTS_SHA256,
+    Target,
+    stage_config,
+)
+from langcolor.export.triton_repo import PARITY_FILE, TINY_CAPTIONS, build_tiny_repository, write_repository
+
+_DTYPES = {"float32": mc.TYPE_FP32, "int64": mc.TYPE_INT64, "float16": mc.TYPE_FP16, "int32": mc.TYPE_INT32}
+
+
+def parse(path_or_text) -> mc.ModelConfig:
+    text = path_or_text.read_text() if isinstance(path_or_text, Path) else path_or_text
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+def config_vs_onnx(config: mc.ModelConfig, onnx_path: Path) -> list[str]:
+    """Every disagreement between a config's inputs/outputs and the ONNX graph's (names, dtypes, dims)."""
+    sig = read_signature(onnx_path)
+    problems = []
+    for kind, declared, graph in (("input", config.input, sig.inputs), ("output", config.output, sig.outputs)):
+        if [t.name for t in declared] != [t.name for t in graph]:
+            problems.append(f"{kind} names {[t.name for t in declared]} vs {[t.name for t in graph]}")
+            continue
+        for c, g in zip(declared, graph):
+            if _DTYPES.get(g.dtype) != c.data_type:
+                problems.append(f"{c.name}: {mc.DataType.Name(c.data_type)} vs {g.dtype}")
+            if isinstance(g.shape[0], int) or list(c.dims) != list(g.shape[1:]):
+                problems.append(f"{c.name}: dims {list(c.dims)} (+ dynamic batch) vs {list(g.shape)}")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def repos(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("repos")
+    return {b: build_tiny_repository(base / b, backend=b) for b in ("python", "onnxruntime")}
+
+
+@pytest.fixture(scope="module")
+def manifest(repos) -> ModelManifest:
+    return ModelManifest.load(repos["python"] / "lcode" / "1" / MANIFEST_FILE)
+
+
+def test_layout_is_complete(repos):
+    for backend, root in repos.items():
+        names = sorted(p.name for p in root.iterdir())
+        assert names == sorted(["lcode", "lcode_encoder", "lcode_fusion", "lcode_decoder", COLORIZE_MODEL])
+        for stage in STAGES:
+            version = root / f"lcode_{stage}" / "1"
+            assert (version / "model.onnx").is_file()
+            assert (version / "model.py").is_file() == (backend == "python")
+        for name in (MANIFEST_FILE, TOKENIZER_FILE, PARITY_FILE):
+            assert (root / "lcode" / "1" / name).is_file()
+        assert (root / COLORIZE_MODEL / "1" / "model.py").is_file()
+        assert not list(root.parent.glob(f".{root.name}.*")), "temporary folders left behind"
+
+
+def test_every_stage_config_agrees_with_its_onnx_file(repos):
+    for backend, root in repos.items():
+        for stage in STAGES:
+            cfg = parse(root / f"lcode_{stage}" / "config.pbtxt")
+            assert cfg.name == f"lcode_{stage}"
+            assert config_vs_onnx(cfg, root / cfg.name / "1" / "model.onnx") == []
+            assert cfg.max_batch_size >= 8
+            assert max(cfg.dynamic_batching.preferred_batch_size) <= cfg.max_batch_size
+            assert 0 < cfg.dynamic_batching.max_queue_delay_microseconds <= 10_000
+            if backend == "python":
+                assert cfg.backend == "python" and not cfg.platform
+            else:
+                assert cfg.platform == "onnxruntime_onnx" and cfg.default_model_filename == "model.onnx"
+
+
+def test_the_comparison_catches_a_config_from_another_geometry(repos, manifest):
+    """A config generated for another caption length must be reported against the real ONNX file."""
+    g = manifest.geometry
+    other = type(g)(g.family, g.image_size, g.max_tokens + 1, g.feature_shape, g.vocab_size)
+    stale = parse(stage_config(stage_specs(other)["fusion"], other, Target()))
+    problems = config_vs_onnx(stale, repos["python"] / "lcode_fusion" / "1" / "model.onnx")
+    assert problems and "TOKENS" in problems[0]
+
+
+def test_ensemble_is_wired_from_the_specs_and_identical_in_both_targets(repos, manifest):
+    texts = {b: (root / "lcode" / "config.pbtxt").read_text() for b, root in repos.items()}
+    assert texts["python"] == texts["onnxruntime"]
+    cfg = parse(texts["python"])
+    spec = ensemble_spec(manifest.geometry)
+    assert cfg.platform == "ensemble" and cfg.name == "lcode" and cfg.max_batch_size >= 8
+    for declared, t in zip((*cfg.input, *cfg.output), (*spec.inputs, *spec.outputs)):
+        assert (declared.name, declared.data_type, list(declared.dims)) == (t.name, _DTYPES[t.dtype], list(t.dims))
+    # Each step reads only ensemble inputs or earlier steps' outputs; the last produces AB.
+    available = {t.name for t in cfg.input}
+    specs = stage_specs(manifest.geometry)
+    for step, stage in zip(cfg.ensemble_scheduling.step, STAGES):
+        assert step.model_name == specs[stage].model_name
+        assert set(step.input_map) == set(specs[stage].input_names)
+        assert set(step.input_map.values()) <= available, step
+        assert set(step.output_map) == set(specs[stage].output_names)
+        available |= set(step.output_map.values())
+    assert {t.name for t in cfg.output} <= available
+
+
+def test_ensemble_parameters_let_a_client_check_tokenizer_weights_and_geometry(repos, manifest):
+    root = repos["python"]
+    params = {k: v.string_value for k, v in parse(root / "lcode" / "config.pbtxt").parameters.items()}
+    tokenizer_bytes = (root / "lcode" / "1" / TOKENIZER_FILE).read_bytes()
+    assert params[PARAM_TOKENIZER_SHA256] == hashlib.sha256(tokenizer_bytes).hexdigest() == manifest.tokenizer_sha256
+    assert params[PARAM_TOKENIZER_SHA256] == CaptionTokenizer.from_file(root / "lcode" / "1" / TOKENIZER_FILE).sha256
+    assert params[PARAM_WEIGHTS_SHA256] == manifest.weights_sha256 and len(manifest.weights_sha256) == 64
+    geometry = json.loads(params[PARAM_GEOMETRY])
+    assert geometry["image_size"] == manifest.geometry.image_size
+    assert tuple(geometry["feature_shape"]) == manifest.geometry.feature_shape
+    assert geometry["vocab_size"] == manifest.geometry.vocab_size
+    parity = json.loads((root / "lcode" / "1" / PARITY_FILE).read_text())
+    assert parity["ok"] and parity["batch_sizes"] == [1, 3, 8]
+
+
+def test_colorize_endpoint_config(repos):
+    cfg = parse(repos["python"] / COLORIZE_MODEL / "config.pbtxt")
+    assert cfg.backend == "python"
+    assert [(t.name, t.data_type, list(t.dims)) for t in cfg.input] == [
+        (IMAGE_NAME, mc.TYPE_STRING, [1]),
+        (CAPTION_NAME, mc.TYPE_STRING, [1]),
+    ]
+    assert [(t.name, t.data_type, list(t.dims)) for t in cfg.output] == [(COLORIZED_NAME, mc.TYPE_STRING, [1])]
+    assert cfg.parameters["ensemble"].string_value == "lcode"
+
+
+def test_gpu_target_configs_parse_with_tensorrt_fp16(manifest):
+    spec = stage_specs(manifest.geometry)["encoder"]
+    cfg = parse(stage_config(spec, manifest.geometry, Target("onnxruntime", gpu=True, tensorrt=True, fp16=True)))
+    assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    accel = cfg.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accel.name == "tensorrt" and accel.parameters["precision_mode"] == "FP16"
+    with pytest.raises(AssertionError):
+        Target("python", gpu=True)
+
+
+class _FrozenAtTrace(nn.Module):
+    """Exports one behaviour (traced at batch 2) and runs another: parity must refuse it."""
+
+    def __init__(self, decoder: nn.Module) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, modulated: torch.Tensor) -> torch.Tensor:
+        ab = self.decoder(modulated)
+        return ab if modulated.shape[0] == 2 else -ab
+
+
+def test_failed_export_leaves_the_previous_repository_untouched(tmp_path):
+    root = build_tiny_repository(tmp_path / "repo")
+    before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    tokenizer = CaptionTokenizer.train(TINY_CAPTIONS, CONFIGS["tiny"].max_tokens)
+    model = LCoDe(CONFIGS["tiny"], tokenizer.vocab_size).eval()
+    modules = {"encoder": model.encoder, "fusion": model.fusion, "decoder": _FrozenAtTrace(model.decoder)}
+    with pytest.raises(ExportParityError, match="decoder.AB"):
+        write_repository(modules, model.geometry, tokenizer, "0" * 64, root)
+    after = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"], "temporary folder left behind"
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_repository(tmp_path):
+    target = tmp_path / "photos"
+    target.mkdir()
+    (target / "holiday.jpg").write_bytes(b"not mine to delete")
+    tokenizer = CaptionTokenizer.train(TINY_CAPTIONS, CONFIGS["tiny"].max_tokens)
+    model = LCoDe(CONFIGS["tiny"], tokenizer.vocab_size).eval()
+    modules = {s: getattr(model, s) for s in STAGES}
+    with pytest.raises(LangcolorError, match="not a model repository"):
+        write_repository(modules, model.geometry, tokenizer, "0" * 64, target)
+    assert (target / "holiday.jpg").read_bytes() == b"not mine to delete"
+
+
+# ------------------------------------------------------------------ the stage model on a real server
+@pytest.mark.server
+def test_stage_model_rejects_bad_requests_alone_and_matches_onnxruntime(triton_server, served_repository):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    repo = served_repository.path
+    geom = ModelManifest.load(repo / "lcode" / "1" / MANIFEST_FILE).geometry
+    fusion = stage_specs(geom)["fusion"]
+    rng = np.random.default_rng(0)
+    feats = np.abs(rng.standard_normal((6, *geom.feature_shape))).astype(np.float32)  # (6, C, h, w)
+    tokens = np.zeros((6, geom.max_tokens), np.int64)  # (6, T)
+    tokens[:, :3] = rng.integers(2, geom.vocab_size, size=(6, 3))
+    bad_tokens = tokens.copy()
+    bad_tokens[1, 0] = geom.vocab_size  # one past the vocabulary
+    bad_feats = feats.copy()
+    bad_feats[4, 0, 0, 0] = np.nan
+
+    def inputs(f: np.ndarray, t: np.ndarray) -> list:
+        ins = []
+        for spec, array in zip(fusion.inputs, (f, t)):
+            ins.append(httpclient.InferInput(spec.name, list(array.shape), spec.client_dtype))
+            ins[-1].set_data_from_numpy(array)
+        return ins
+
+    client = httpclient.InferenceServerClient(triton_server.endpoints.http_url, concurrency=6)
+    try:
+        futures = [
+            client.async_infer(fusion.model_name, inputs(bad_feats[i : i + 1], bad_tokens[i : i + 1])) for i in range(6)
+        ]
+        local = ort.InferenceSession(str(repo / fusion.model_name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+        for i, future in enumerate(futures):
+            if i in (1, 4):
+                with pytest.raises(InferenceServerException) as info:
+                    future.get_result()
+                assert ("TOKENS" if i == 1 else "FEATURES") in info.value.message()
+            else:
+                got = future.get_result().as_numpy("MODULATED")
+                want = local.run(None, {"FEATURES": feats[i : i + 1], "TOKENS": tokens[i : i + 1]})[0]
+                np.testing.assert_allclose(got, want, atol=1e-4)
+    finally:
+        client.close()
