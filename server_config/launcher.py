@@ -300,16 +300,25 @@ class TritonServer:
         finally:
             client.close()
 
-    @staticmethod
-    def _check_states(states: dict[str, ModelState], expected: set[str]) -> None:
+    def _check_states(self, states: dict[str, ModelState], expected: set[str]) -> None:
         failed = tuple(s for s in states.values() if s.state == "UNAVAILABLE")
         if failed:
-            raise ModelLoadError(failed)
+            # Triton does not load an ensemble whose step failed, and leaves its state empty.
+            blocked = tuple(
+                ModelState(s.name, s.version, "UNAVAILABLE", "ensemble not loaded: one of its steps failed to load")
+                for n, s in sorted(states.items())
+                if n in expected and s.state == "" and self._is_ensemble(n)
+            )
+            raise ModelLoadError(failed + blocked)
         # In explicit mode a model Triton skipped (config unparsable, say) has an empty state.
         if not any(s.state in ("LOADING", "UNLOADING") for s in states.values()):
             skipped = tuple(s for n, s in states.items() if n in expected and s.state == "")
             if skipped:
                 raise ModelLoadError(tuple(ModelState(s.name, s.version, "UNAVAILABLE", s.reason or "not loaded") for s in skipped))
+
+    def _is_ensemble(self, model: str) -> bool:
+        config = self.model_repository / model / "config.pbtxt"
+        return 'platform: "ensemble"' in config.read_text(errors="replace") if config.is_file() else False
 
     def model_states(self, client=None) -> dict[str, ModelState]:
         """Triton's repository index: state and reason per model (latest version listed)."""

@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
             # One line per failed model, then Triton's log for the full traceback.
             for m in e.failed:
                 print(f"langcolor serve: model '{m.name}' failed to load: {m.short_reason}", flush=True)
-            print(f"langcolor serve: tritonserver log: {server.log_path}", flush=True)
-            raise
+            names = ", ".join(m.name for m in e.failed)
+            raise ServerError(f"{len(e.failed)} model(s) failed to load ({names}); tritonserver log: {server.log_path}") from e
         _print_endpoints(server, repo)
         while server.running:
             time.sleep(0.5)

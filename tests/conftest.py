@@ -1,0 +1,91 @@
+"""Shared fixtures: a real tritonserver on free loopback ports, started once per test session.
+
+The server loads the shipped ``model_repository/`` when it holds a python-backend export (the
+target the bundled tritonserver can run); otherwise a random-weight ``tiny`` repository written
+by ``build_tiny_repository`` into a temp folder, so the wiring is tested before any training.
+Tests that need trained colours ask for ``trained_repository`` and skip on the tiny one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_REPOSITORY = REPO_ROOT / "model_repository"
+
+
+@dataclass(frozen=True)
+class ServedRepository:
+    path: Path
+    trained: bool  # the shipped weights (colours mean something) rather than random tiny ones
+
+
+def _is_python_backend_export(repo: Path) -> bool:
+    """Every stage of ``lcode`` runs on the python backend (the bundled Triton has no onnxruntime one)."""
+    configs = [repo / f"lcode_{s}" / "config.pbtxt" for s in ("encoder", "fusion", "decoder")]
+    if not (repo / "lcode" / "config.pbtxt").is_file() or not all(c.is_file() for c in configs):
+        return False
+    return all('backend: "python"' in c.read_text() for c in configs)
+
+
+@pytest.fixture(scope="session")
+def served_repository(tmp_path_factory) -> ServedRepository:
+    if _is_python_backend_export(SHIPPED_REPOSITORY):
+        manifest = json.loads((SHIPPED_REPOSITORY / "lcode" / "1" / "langcolor.json").read_text())
+        trained = "random" not in str(manifest.get("extra", {}).get("weights", ""))
+        return ServedRepository(SHIPPED_REPOSITORY, trained)
+    if SHIPPED_REPOSITORY.exists():
+        log.warning("%s is not a python-backend export; serving a tiny random-weight repository", SHIPPED_REPOSITORY)
+    triton_repo = pytest.importorskip("langcolor.export.triton_repo", reason="needs torch to build a test repository")
+    path = triton_repo.build_tiny_repository(tmp_path_factory.mktemp("tiny_repository"))
+    return ServedRepository(Path(path), trained=False)
+
+
+@pytest.fixture(scope="session")
+def trained_repository(served_repository) -> ServedRepository:
+    if not served_repository.trained:
+        pytest.skip("needs the shipped trained model_repository/ (serving random tiny weights)")
+    return served_repository
+
+
+@pytest.fixture(scope="session")
+def triton_server(served_repository, tmp_path_factory):
+    """A running ``TritonServer`` (all models READY) on free loopback ports; stopped after the session."""
+    from langcolor.client.errors import ModelNotFoundError
+    from langcolor.server.launcher import TritonDist, TritonServer, free_ports
+
+    try:
+        TritonDist.locate()
+    except ModelNotFoundError as e:
+        pytest.skip(str(e))
+    http_port, grpc_port, metrics_port = free_ports(3)
+    log_path = tmp_path_factory.mktemp("tritonserver") / "tritonserver.log"
+    server = TritonServer(
+        served_repository.path,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        log_path=log_path,
+    )
+    with server:
+        yield server
+    # Leave the log where pytest keeps tmp folders: the first place to look when a server test fails.
+    log.info("tritonserver log: %s", log_path)
+
+
+@pytest.fixture(scope="session", params=["grpc", "http"])
+def protocol(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def server_url(triton_server, protocol) -> str:
+    e = triton_server.endpoints
+    return e.grpc_url if protocol == "grpc" else e.http_url

@@ -1,0 +1,124 @@
+"""``langcolor serve`` as a user runs it: a subprocess on free loopback ports, stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from langcolor.client.remote import RemoteStages
+from langcolor.client.runtime import ModelBundle
+from langcolor.server.launcher import free_ports
+
+pytestmark = pytest.mark.server
+
+LANGCOLOR = [sys.executable, "-m", "langcolor.client.cli"]
+READY_TIMEOUT_S = 240.0
+
+
+class _Output:
+    """Collects a subprocess's combined output on a thread, so waiting never blocks on a full pipe."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, proc: subprocess.Popen, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(text in ln for ln in self.lines):
+                return True
+            if proc.poll() is not None:
+                self._thread.join(5)
+                return any(text in ln for ln in self.lines)
+            time.sleep(0.1)
+        return False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def _serve(repo: Path, ports: list[int], tmp_path: Path) -> tuple[subprocess.Popen, _Output]:
+    http, grpc, metrics = ports
+    cmd = LANGCOLOR + [
+        "serve", "--model-repository", str(repo), "--http-port", str(http), "--grpc-port", str(grpc),
+        "--metrics-port", str(metrics), "--log-file", str(tmp_path / "tritonserver.log"),
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return proc, _Output(proc)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_answers_and_stops_on_sigterm(served_repository, tmp_path):
+    ports = free_ports(3)
+    proc, out = _serve(served_repository.path, ports, tmp_path)
+    try:
+        assert out.wait_for("langcolor serve: ready", proc, READY_TIMEOUT_S), out.text
+        # Endpoints are printed and bound to loopback only.
+        assert f"http://127.0.0.1:{ports[0]}" in out.text and f"127.0.0.1:{ports[1]}" in out.text
+        bundle = ModelBundle.load(served_repository.path)
+        g = bundle.geometry
+        L = np.full((1, 1, g.image_size, g.image_size), 50.0, dtype=np.float32)  # [1, 1, S, S]
+        tokens = bundle.tokenizer.encode_batch(["a red circle"])  # [1, T]
+        with RemoteStages(f"127.0.0.1:{ports[1]}", "grpc", tokenizer_sha256=bundle.tokenizer.sha256) as remote:
+            ab = remote.infer_ab(L, tokens)
+        assert ab.shape == (1, 2, g.image_size, g.image_size) and np.isfinite(ab).all()
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, out.text
+    finally:
+        _stop(proc)
+    assert "stopping (SIGTERM)" in out.text
+    # Nothing is left listening: the server and its Python-backend stubs are gone.
+    assert not any(_port_open(p) for p in ports[:2])
+
+
+def test_serve_names_a_model_with_a_corrupt_onnx_file(served_repository, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(served_repository.path, repo)
+    (repo / "lcode_decoder" / "1" / "model.onnx").write_bytes(b"this is not an onnx protobuf")
+    proc, out = _serve(repo, free_ports(3), tmp_path)
+    try:
+        code = proc.wait(READY_TIMEOUT_S)
+    finally:
+        _stop(proc)
+    out._thread.join(5)
+    assert code != 0, out.text
+    failed = [ln for ln in out.lines if "failed to load" in ln]
+    assert any("'lcode_decoder'" in ln for ln in failed), out.text
+    # Triton's reason reaches the user, not just "failed".
+    line = next(ln for ln in failed if "'lcode_decoder'" in ln)
+    assert "INVALID_PROTOBUF" in line or "protobuf" in line.lower(), line
+    # The ensemble that needs the decoder is named too, so the user knows what is down.
+    assert any("'lcode'" in ln for ln in failed), out.text

@@ -1,0 +1,284 @@
+"""A real tritonserver (see conftest.py), over gRPC and over HTTP.
+
+What would break here and nowhere else: the generated configs as Triton reads them, the ensemble
+wiring, the Python-backend stages and the ``colorize`` BLS model as Triton runs them, dynamic
+batching (requests grouped and ungrouped in order), and per-request errors inside a batch.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from langcolor.client.colorizer import Colorizer
+from langcolor.client.errors import TensorError, TokenizerMismatchError
+from langcolor.client.lab import lab_to_rgb, rgb_to_lab
+from langcolor.client.reconstruct import prepare_l
+from langcolor.client.remote import (
+    ModelNotReadyError,
+    RemoteStages,
+    RequestRejectedError,
+    ServerUnavailableError,
+)
+from langcolor.client.runtime import ModelBundle, OnnxStages
+from langcolor.server.launcher import free_port
+
+pytestmark = pytest.mark.server
+
+CAPTIONS = ("a red circle on a blue background", "the green square and a yellow triangle", "a purple diamond")
+PARITY_TOL = 1e-3  # Lab units: same ONNX files, same onnxruntime, only batching may differ
+
+
+@pytest.fixture(scope="module")
+def bundle(served_repository) -> ModelBundle:
+    return ModelBundle.load(served_repository.path)
+
+
+@pytest.fixture(scope="module")
+def local(bundle) -> OnnxStages:
+    return OnnxStages(bundle)
+
+
+@pytest.fixture()
+def remote(server_url, protocol, bundle):
+    with RemoteStages(server_url, protocol, tokenizer_sha256=bundle.tokenizer.sha256, max_in_flight=32) as r:
+        yield r
+
+
+def _photos() -> list[np.ndarray]:
+    """Real photographs as float RGB [H, W, 3] in [0, 1], different sizes and aspect ratios."""
+    gray = skimage.data.camera()[:300, :440]
+    return [
+        np.repeat(gray[..., None], 3, axis=2) / 255.0,
+        skimage.data.astronaut()[::2, ::3] / 255.0,
+        skimage.data.coffee() / 255.0,
+    ]
+
+
+def _inputs(bundle: ModelBundle, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """L [n,1,S,S] from real photos (flipped and shifted for variety) and tokens [n,T] from captions."""
+    size = bundle.geometry.image_size
+    smalls = [prepare_l(rgb, size)[1] for rgb in _photos()]  # each [1, S, S]
+    ls = []
+    for i in range(n):
+        base = smalls[i % len(smalls)]
+        ls.append(np.clip(np.roll(base[:, ::-1] if i % 2 else base, i, axis=-1) + i, 0, 100))
+    L = np.stack(ls).astype(np.float32)  # [n, 1, S, S]
+    tokens = bundle.tokenizer.encode_batch([CAPTIONS[i % len(CAPTIONS)] for i in range(n)])  # [n, T]
+    return L, tokens
+
+
+def _png(rgb_u8: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb_u8).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _client(protocol: str, url: str):
+    if protocol == "grpc":
+        import tritonclient.grpc as module
+    else:
+        import tritonclient.http as module
+    return module, module.InferenceServerClient(url)
+
+
+def _stats(protocol: str, url: str, model: str) -> tuple[int, int]:
+    """(inference_count, execution_count) of ``model`` from Triton's statistics extension."""
+    _, client = _client(protocol, url)
+    try:
+        if protocol == "grpc":
+            raw = client.get_inference_statistics(model, as_json=True)
+        else:
+            raw = client.get_inference_statistics(model)
+    finally:
+        client.close()
+    s = raw["model_stats"][0]
+    # gRPC's JSON renders uint64 as strings.
+    return int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
+
+
+# ------------------------------------------------------------------------------ the ensemble
+def test_ensemble_matches_in_process(remote, local, bundle):
+    # 11 > max_batch_size (8): the client splits the request and the halves run concurrently.
+    L, tokens = _inputs(bundle, 11)
+    served = remote.infer_ab(L, tokens)  # [11, 2, S, S]
+    expected = local.infer_ab(L, tokens)
+    assert served.shape == expected.shape == (11, 2, bundle.geometry.image_size, bundle.geometry.image_size)
+    assert served.dtype == np.float32
+    diff = float(np.abs(served - expected).max())
+    assert diff <= PARITY_TOL, f"served ab differs from in-process by {diff:.2e}"
+    # A network that ignored its inputs would pass the comparison above; make sure it does not.
+    assert float(np.abs(expected[0] - expected[1]).max()) > 1e-3
+
+
+def test_concurrent_requests_are_batched_and_ungrouped_in_order(remote, local, bundle, protocol, server_url):
+    stage = f"{bundle.geometry.family}_encoder"
+    n = 32
+    L, tokens = _inputs(bundle, n)
+    before = _stats(protocol, server_url, stage)
+    futures = [remote.submit_ab(L[i : i + 1], tokens[i : i + 1]) for i in range(n)]
+    served = np.concatenate([f.result(timeout=120) for f in futures])  # [32, 2, S, S]
+    after = _stats(protocol, server_url, stage)
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert inferences == n
+    assert executions < inferences, f"no dynamic batching: {executions} executions for {inferences} requests"
+    # Each answer belongs to its own request: batching must not shuffle or mix samples.
+    assert float(np.abs(served - local.infer_ab(L, tokens)).max()) <= PARITY_TOL
+
+
+# ------------------------------------------------------------------------------ colorize
+def test_colorize_returns_png_with_input_size_and_l(remote, served_repository):
+    gray = skimage.data.camera()[:300, :440]  # uint8 [H, W], not square
+    png = remote.colorize_bytes(_png(gray), CAPTIONS[0])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    out = Image.open(io.BytesIO(png))
+    assert out.format == "PNG" and out.mode == "RGB" and out.size == (440, 300)
+    rgb = np.asarray(out)  # [H, W, 3] uint8
+    l_in = rgb_to_lab(np.repeat(gray[..., None], 3, axis=2) / 255.0)[..., 0]
+    l_out = rgb_to_lab(rgb / 255.0)[..., 0]
+    # 8-bit rounding of three channels moves L by well under one unit; a resized or
+    # re-predicted L would be off by several units around every edge.
+    assert float(np.abs(l_out - l_in).max()) < 1.0
+    assert float(np.abs(l_out - l_in).mean()) < 0.25
+
+    # The same bytes through the in-process pipeline give the same pixels.
+    expected = Colorizer(model_repository=served_repository.path).colorize(_png(gray), CAPTIONS[0]).rgb
+    assert int(np.abs(rgb.astype(int) - expected.astype(int)).max()) <= 1
+
+
+def test_colorize_follows_the_caption(remote, trained_repository, bundle):
+    from langcolor.export.synthetic import PALETTE, make_scene
+
+    geom = bundle.geometry
+    hits, total = 0, 0
+    for index in range(6):
+        scene = make_scene(0, "test", index, geom.image_size, geom.max_tokens)
+        lab = np.stack([scene.L, np.zeros_like(scene.L), np.zeros_like(scene.L)], axis=-1)  # gray, [S, S, 3]
+        gray_png = _png(np.round(lab_to_rgb(lab) * 255).astype(np.uint8))
+        k = 0  # the first object; name it in two different colours and check it follows each
+        shape = scene.objects[k].shape
+        for colour in ("red", "blue", "green", "yellow")[index % 2 :: 2]:
+            caption = f"the {colour} {shape}"
+            out = np.asarray(Image.open(io.BytesIO(remote.colorize_bytes(gray_png, caption)))) / 255.0
+            ab = rgb_to_lab(out)[..., 1:][scene.masks[k]].mean(axis=0)  # mean (a, b) over the object
+            nearest = min(PALETTE, key=lambda c: np.hypot(*(np.array(PALETTE[c]) - ab)))
+            hits += nearest == colour
+            total += 1
+    assert hits >= 0.75 * total, f"the object took the named colour in {hits}/{total} cases"
+
+
+def test_32_concurrent_colorize_requests_all_succeed(remote):
+    gray = (skimage.data.camera()[::4, ::4]).astype(np.uint8)  # [128, 128]
+    items = [(_png(np.roll(gray, i, axis=1)), CAPTIONS[i % 3]) for i in range(32)]
+    results = remote.colorize_many(items)
+    assert all(isinstance(r, bytes) for r in results), [r for r in results if not isinstance(r, bytes)]
+    sizes = {Image.open(io.BytesIO(r)).size for r in results}
+    assert sizes == {(128, 128)}
+
+
+# ------------------------------------------------------------------------------ bad requests
+def _raw_infer(protocol: str, url: str, model: str, inputs: list[tuple[str, np.ndarray, str]], output: str):
+    module, client = _client(protocol, url)
+    try:
+        tensors = []
+        for name, array, dtype in inputs:
+            t = module.InferInput(name, list(array.shape), dtype)
+            t.set_data_from_numpy(array)
+            tensors.append(t)
+        return client.infer(model, tensors).as_numpy(output)
+    finally:
+        client.close()
+
+
+def _bad_requests(bundle: ModelBundle) -> dict[str, tuple[str, list, str, str]]:
+    """case -> (model, inputs, output, what Triton's message must name: the tensor, the bound, the limit)."""
+    g = bundle.geometry
+    L, tokens = _inputs(bundle, 1)
+    gray = _png(skimage.data.camera()[::8, ::8])
+    too_long = " ".join(["red", "circle"] * g.max_tokens)
+    b = lambda s: np.array([[s]], dtype=np.object_)  # noqa: E731  [1, 1] BYTES
+    return {
+        "wrong shape": (g.family, [("L", L[:, :, :-1], "FP32"), ("TOKENS", tokens, "INT64")], "AB", "shape"),
+        "wrong dtype": (g.family, [("L", L.astype(np.float64), "FP64"), ("TOKENS", tokens, "INT64")], "AB", "FP64"),
+        "tokens over T": (
+            g.family, [("L", L, "FP32"), ("TOKENS", np.pad(tokens, ((0, 0), (0, 1)), constant_values=1), "INT64")],
+            "AB", "TOKENS",
+        ),
+        "L outside [0,100]": (g.family, [("L", L + 150, "FP32"), ("TOKENS", tokens, "INT64")], "AB", "100"),
+        "token id outside vocab": (
+            g.family, [("L", L, "FP32"), ("TOKENS", tokens + g.vocab_size, "INT64")], "AB", "TOKENS",
+        ),
+        "non-image bytes": ("colorize", [("IMAGE", b(b"not an image at all"), "BYTES"), ("CAPTION", b(b"a red circle"), "BYTES")], "COLORIZED", "image"),
+        "empty caption": ("colorize", [("IMAGE", b(gray), "BYTES"), ("CAPTION", b(b""), "BYTES")], "COLORIZED", "empty"),
+        "caption over T tokens": ("colorize", [("IMAGE", b(gray), "BYTES"), ("CAPTION", b(too_long.encode()), "BYTES")], "COLORIZED", str(g.max_tokens)),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["wrong shape", "wrong dtype", "tokens over T", "L outside [0,100]", "token id outside vocab",
+     "non-image bytes", "empty caption", "caption over T tokens"],
+)
+def test_malformed_request_fails_alone(case, protocol, server_url, bundle, remote):
+    from tritonclient.utils import InferenceServerException
+
+    model, inputs, output, word = _bad_requests(bundle)[case]
+    with pytest.raises(InferenceServerException) as info:
+        _raw_infer(protocol, server_url, model, inputs, output)
+    assert word.lower() in info.value.message().lower(), info.value.message()
+    # The server is still up and the next good request succeeds.
+    L, tokens = _inputs(bundle, 1)
+    assert remote.infer_ab(L, tokens).shape == (1, 2, bundle.geometry.image_size, bundle.geometry.image_size)
+    assert remote.colorize_bytes(_png(skimage.data.camera()[::8, ::8]), CAPTIONS[1])[:4] == b"\x89PNG"
+
+
+def test_bad_requests_batched_with_good_ones_fail_alone(remote, bundle):
+    gray = _png(skimage.data.camera()[::8, ::8])
+    items = [(gray, CAPTIONS[0]) if i % 3 else (b"GIF89a broken", CAPTIONS[0]) for i in range(12)]
+    items[4] = (gray, "")  # empty caption in the middle of the batch
+    results = remote.colorize_many(items)
+    for i, r in enumerate(results):
+        if i % 3 == 0 or i == 4:
+            assert isinstance(r, RequestRejectedError), (i, r)
+            assert "colorize" in str(r)
+        else:
+            assert isinstance(r, bytes) and r[:4] == b"\x89PNG", (i, r)
+
+    # Ensemble: an out-of-range L among good requests in flight at the same time.
+    L, tokens = _inputs(bundle, 8)
+    bad = L.copy()
+    bad[3] += 200
+    futures = [remote.submit_ab(bad[i : i + 1], tokens[i : i + 1]) for i in range(8)]
+    for i, f in enumerate(futures):
+        if i == 3:
+            with pytest.raises(RequestRejectedError, match="100"):
+                f.result(timeout=60)
+        else:
+            assert np.isfinite(f.result(timeout=60)).all()
+
+
+# ------------------------------------------------------------------------------ client errors
+def test_client_refuses_a_different_tokenizer(server_url, protocol):
+    with pytest.raises(TokenizerMismatchError, match="tokenizer"):
+        RemoteStages(server_url, protocol, tokenizer_sha256="0" * 64)
+
+
+def test_client_reports_model_not_ready(server_url, protocol):
+    with pytest.raises(ModelNotReadyError, match="no_such_model"):
+        RemoteStages(server_url, protocol, family="no_such_model")
+
+
+def test_client_reports_unreachable_server_after_retries(protocol):
+    url = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(ServerUnavailableError, match="unreachable after 3 attempts"):
+        RemoteStages(url, protocol, retries=2, backoff_s=0.01)
+
+
+def test_client_checks_tensors_against_the_served_contract(remote, bundle):
+    L, tokens = _inputs(bundle, 2)
+    with pytest.raises(TensorError, match="L"):
+        remote.infer_ab(L[:, :, 1:], tokens)
