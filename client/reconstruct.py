@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .lab import L_MAX, fit_chroma_to_gamut, lab_to_rgb, rgb_to_lab
+from .lab import L_MAX, lab_to_rgb_keeping_l, rgb_to_l
 
 _FILTER = Image.Resampling.BILINEAR
 
@@ -37,7 +37,7 @@ def prepare_l(rgb: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray]
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected RGB [H, W, 3], got {rgb.shape}")
-    l_full = rgb_to_lab(rgb)[..., 0]  # [H, W]
+    l_full = rgb_to_l(rgb)  # [H, W]
     l_small = resize_plane(l_full, image_size, image_size)  # [S, S]
     np.clip(l_small, 0.0, L_MAX, out=l_small)  # resampling filters can overshoot slightly
     return l_full, l_small[None]  # [H, W], [1, S, S]
@@ -60,5 +60,5 @@ def reconstruct(l_full: np.ndarray, ab_small: np.ndarray) -> np.ndarray:
     lab = np.empty((h, w, 3), dtype=np.float32)  # [H, W, 3]
     lab[..., 0] = l_full
     lab[..., 1:] = upsample_ab(ab_small, w, h)
-    rgb = lab_to_rgb(fit_chroma_to_gamut(lab))  # [H, W, 3] in [0, 1]
+    rgb = lab_to_rgb_keeping_l(lab)  # [H, W, 3] in [0, 1]
     return np.round(rgb * 255.0).astype(np.uint8)

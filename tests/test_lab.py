@@ -5,7 +5,7 @@ import pytest
 import skimage.color
 import skimage.data
 
-from langcolor.client.lab import fit_chroma_to_gamut, lab_to_rgb, rgb_to_lab
+from langcolor.client.lab import fit_chroma_to_gamut, lab_to_rgb, lab_to_rgb_keeping_l, rgb_to_l, rgb_to_lab
 
 
 def test_rgb_to_lab_matches_skimage_on_random_colours():
@@ -67,3 +67,11 @@ def test_fit_chroma_keeps_l_and_hue_and_lands_in_gamut():
     # in-gamut colours are left alone
     inside = skimage.color.rgb2lab(rng.random((1000, 3)))
     assert np.abs(fit_chroma_to_gamut(inside) - inside).max() < 1e-4
+
+
+def test_l_only_and_one_pass_variants_agree():
+    rng = np.random.default_rng(5)
+    rgb = rng.random((300, 200, 3))
+    assert np.abs(rgb_to_l(rgb) - rgb_to_lab(rgb)[..., 0]).max() < 1e-4
+    lab = np.stack([rng.uniform(0, 100, (300, 200)), *rng.uniform(-110, 110, (2, 300, 200))], axis=-1)
+    assert np.abs(lab_to_rgb_keeping_l(lab) - lab_to_rgb(fit_chroma_to_gamut(lab))).max() < 1e-6
