@@ -75,14 +75,21 @@ class ParityReport:
         return out
 
     def summary_lines(self) -> list[str]:
-        counts: dict[str, int] = {}
+        runs: dict[str, int] = {}
+        with_tokens: set[str] = set()
         for c in self.checks:
-            counts[f"{c.stage}.{c.tensor}"] = counts.get(f"{c.stage}.{c.tensor}", 0) + 1
-        return [
-            f"{key:<20} max |onnx - torch| = {diff:.3e}  (tolerance {self.tolerance:.0e}, {counts[key]} runs, "
-            f"batches {list(self.batch_sizes)}{', caption lengths 1..%d' % self.max_tokens if 'fusion' in key or PIPELINE in key else ''})"
-            for key, diff in self.worst().items()
-        ]
+            key = f"{c.stage}.{c.tensor}"
+            runs[key] = runs.get(key, 0) + 1
+            if c.stage in ("fusion", PIPELINE):
+                with_tokens.add(key)
+        lines = []
+        for key, diff in self.worst().items():
+            lengths = f", caption lengths 1..{self.max_tokens}" if key in with_tokens else ""
+            lines.append(
+                f"{key:<20} max |onnx - torch| = {diff:.3e}  (tolerance {self.tolerance:.0e}, {runs[key]} runs, "
+                f"batches {list(self.batch_sizes)}{lengths})"
+            )
+        return lines
 
     def to_json(self) -> str:
         """Summary fields indented, one line per check (a few hundred lines, diff-friendly)."""
