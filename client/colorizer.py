@@ -18,7 +18,7 @@ from typing import Iterable, Union
 import numpy as np
 
 from .errors import LangcolorError
-from .imageio import DEFAULT_MAX_PIXELS, LoadedImage, encode_image, format_for_path, load_image
+from .imageio import DEFAULT_MAX_PIXELS, LoadedImage, encode_image, format_for_path, from_array, load_image
 from .reconstruct import prepare_l, reconstruct
 from .runtime import ModelBundle, OnnxStages, check_model_inputs
 from .spec import ModelGeometry
@@ -26,7 +26,7 @@ from .tokenizer import CaptionTokenizer, EncodedCaption
 
 log = logging.getLogger(__name__)
 
-Source = Union[str, Path, bytes, LoadedImage]
+Source = Union[str, Path, bytes, np.ndarray, LoadedImage]  # a file, its bytes, or pixels in memory
 DEFAULT_BATCH = 8  # images per infer_ab call in colorize_many (the served ensemble batches up to 8)
 
 
@@ -81,7 +81,12 @@ class Colorizer:
 
     # ------------------------------------------------------------------ steps
     def prepare(self, source: Source) -> PreparedImage:
-        loaded = source if isinstance(source, LoadedImage) else load_image(source, max_pixels=self.max_pixels)
+        if isinstance(source, LoadedImage):
+            loaded = source
+        elif isinstance(source, np.ndarray):
+            loaded = from_array(source, max_pixels=self.max_pixels)
+        else:
+            loaded = load_image(source, max_pixels=self.max_pixels)
         l_full, l_small = prepare_l(loaded.rgb, self.geometry.image_size)  # [H, W], [1, S, S]
         return PreparedImage(loaded, l_full, l_small)
 

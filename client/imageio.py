@@ -142,6 +142,35 @@ def load_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS)
     return LoadedImage(rgb=rgb, exif=exif, icc=icc, format=fmt, mode=mode, size=(w2, h2))
 
 
+def from_array(array: np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """A decoded picture already in memory: uint8, uint16 or float in [0, 1]; ``[H, W]``, ``[H, W, 3]``
+    or ``[H, W, 4]`` (alpha composited on white, as for files)."""
+    a = np.asarray(array)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4) or a.shape[0] == 0 or a.shape[1] == 0:
+        raise ImageError(f"array image must be [H, W], [H, W, 3] or [H, W, 4], got shape {np.shape(array)}")
+    h, w = a.shape[:2]
+    if h * w > max_pixels:
+        raise ImageError(f"array image: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+    if a.dtype == np.uint8 or a.dtype == np.uint16:
+        x = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
+    elif np.issubdtype(a.dtype, np.floating):
+        x = a.astype(np.float32)
+        if not np.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0:
+            raise ImageError("array image: float values must be finite and within [0, 1]")
+    else:
+        raise ImageError(f"array image: dtype {a.dtype} not supported (use uint8, uint16 or float in [0, 1])")
+    channels = a.shape[2]
+    if channels == 4:
+        alpha = x[..., 3:]
+        x = x[..., :3] * alpha + (1.0 - alpha)  # over white
+    elif channels == 1:
+        x = np.repeat(x, 3, axis=2)
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+    return LoadedImage(rgb=np.ascontiguousarray(x), exif=None, icc=None, format="array", mode=mode, size=(w, h))
+
+
 def format_for_path(path: str | Path) -> str:
     """``OUT.png`` -> ``"PNG"``; raises ``ImageError`` for extensions we cannot write."""
     ext = Path(path).suffix.lower()

@@ -185,3 +185,20 @@ def test_encode_rejects_wrong_arrays_and_formats(photo):
     assert format_for_path("x/OUT.JPG") == "JPEG" and format_for_path("a.tif") == "TIFF"
     with pytest.raises(ImageError, match="cannot write"):
         format_for_path("out.gif")
+
+
+def test_from_array_matches_decoding_a_file(photo):
+    from langcolor.client.imageio import from_array
+
+    assert np.array_equal(from_array(photo).rgb, load_image(_save(Image.fromarray(photo), "PNG")).rgb)
+    gray = from_array(photo[..., 0])
+    assert gray.mode == "L" and np.array_equal(gray.rgb[..., 2], photo[..., 0] / np.float32(255))
+    wide = from_array((photo.astype(np.uint16) * 257))
+    assert np.abs(wide.rgb - photo / 255.0).max() < 1e-6
+    rgba = from_array(np.dstack([photo, np.zeros(photo.shape[:2], np.uint8)]))
+    assert np.allclose(rgba.rgb, 1.0)  # transparent -> white, as for files
+    for bad in (photo.astype(np.float32), photo[..., :2], photo.astype(np.int64), np.zeros((0, 5, 3), np.uint8)):
+        with pytest.raises(ImageError):
+            from_array(bad)
+    with pytest.raises(ImageError, match="exceeds"):
+        from_array(photo, max_pixels=10)

@@ -326,3 +326,14 @@ def test_colorizer_on_a_real_export_keeps_l(exported_tiny):
     r = col.colorize(_png(photo), f"{word} zeppelin")
     assert r.rgb.shape == (97, 131, 3) and r.unknown_words == ("zeppelin",)
     assert np.abs(rgb_to_lab(r.rgb / 255.0)[..., 0] - rgb_to_lab(photo / 255.0)[..., 0]).max() < 0.27
+
+
+def test_numpy_sources_are_accepted(toy_repo):
+    repo, _, _ = toy_repo
+    col = Colorizer(model_repository=repo)
+    photo = skimage.data.astronaut()[:45, :70]
+    from_file = col.colorize(_png(photo), "a red car")
+    from_pixels = col.colorize(photo, "a red car")
+    assert np.array_equal(from_file.rgb, from_pixels.rgb)
+    with pytest.raises(ImageError):
+        col.colorize(photo.astype(np.float32), "a red car")  # float outside [0, 1]
