@@ -45,6 +45,8 @@ class TrainOptions:
     caption_free_rate: float = 0.05  # share of samples trained with an all-padding caption (the baseline)
     vocab_scenes: int = 4000  # the tokenizer's vocabulary comes from this many training captions
     checkpoint_every: int = 200
+    coco_images: str | None = None  # train on COCO-Stuff-style data (export/coco.py) instead of synthetic scenes
+    coco_captions: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,20 @@ def build_tokenizer(cfg: LCoDeConfig, seed: int, scenes: int) -> CaptionTokenize
     return CaptionTokenizer.train(captions, cfg.max_tokens)
 
 
-def make_batch(cfg, tokenizer, options: TrainOptions, step: int) -> dict[str, torch.Tensor]:
-    """The deterministic batch of training step ``step``."""
+def make_batch(cfg, tokenizer, options: TrainOptions, step: int, coco=None) -> dict[str, torch.Tensor]:
+    """The deterministic batch of training step ``step`` (from ``coco`` when given)."""
     b = options.batch_size
+    if coco is not None:
+        picks = np.random.default_rng([options.seed, 11, step]).integers(0, len(coco), size=b)
+        samples = [coco[int(i)] for i in picks]
+        arrays = {
+            "L": np.stack([x.L for x in samples]),  # [B,1,S,S]
+            "ab": np.stack([x.ab for x in samples]),  # [B,2,S,S]
+            "objects": np.zeros((b, 1, cfg.image_size, cfg.image_size), np.float32),  # no masks: uniform weight
+            "tokens": np.stack([x.tokens for x in samples]),  # [B,T]
+            "occm": np.stack([x.occm for x in samples]),  # [B,T,T]
+        }
+        return {k: torch.from_numpy(v) for k, v in arrays.items()}
     scenes = synthetic.make_scenes(options.seed, "train", step * b, b, cfg.image_size, cfg.max_tokens)
     tokens = tokenizer.encode_batch([s.caption for s in scenes])  # [B,T]
     arrays = synthetic.stack(scenes, tokens, cfg.max_tokens)
@@ -93,17 +106,24 @@ def train(options: TrainOptions, out_dir: str | Path, resume: bool = True, progr
     torch.manual_seed(options.seed)
 
     start, elapsed = 0, 0.0
+    coco = None
+    if options.coco_images or options.coco_captions:
+        from .coco import CocoCaptions
+
+        coco = CocoCaptions.from_folder(options.coco_images, options.coco_captions, cfg.image_size, cfg.max_tokens)
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         saved = ckpt.meta.get("options", {})
         if saved and saved != asdict(options):
             log.warning("resuming %s with different options: saved %s, now %s", ckpt_path, saved, asdict(options))
         tokenizer, model = ckpt.tokenizer, LCoDe(ckpt.config, ckpt.vocab_size)
+        if coco is not None:
+            coco = CocoCaptions(coco.records, tokenizer, cfg.image_size)
         model.load_state_dict(ckpt.state_dict)
         cfg, start, elapsed = ckpt.config, ckpt.step, float(ckpt.meta.get("train_seconds", 0.0))
         log.info("resuming from %s at step %d", ckpt_path, start)
     else:
-        tokenizer = build_tokenizer(cfg, options.seed, options.vocab_scenes)
+        tokenizer = coco.tokenizer if coco is not None else build_tokenizer(cfg, options.seed, options.vocab_scenes)
         model = LCoDe(cfg, tokenizer.vocab_size)
         ckpt = None
     log.info("config %s: %d parameters, vocabulary %d words", cfg.name, count_parameters(model), tokenizer.vocab_size)
@@ -115,14 +135,14 @@ def train(options: TrainOptions, out_dir: str | Path, resume: bool = True, progr
         scheduler.load_state_dict(ckpt.scheduler)
 
     def meta() -> dict:
-        return {"options": asdict(options), "train_seconds": elapsed, "data": "synthetic", "seed": options.seed}
+        return {"options": asdict(options), "train_seconds": elapsed, "data": "coco" if coco is not None else "synthetic", "seed": options.seed}
 
     recent: list[float] = []
     model.train()
     t0 = time.perf_counter()
     bar = tqdm(range(start, options.steps), initial=start, total=options.steps, disable=not progress, desc="train")
     for step in bar:
-        batch = make_batch(cfg, tokenizer, options, step)
+        batch = make_batch(cfg, tokenizer, options, step, coco)
         parts = losses(model, batch, options)
         optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()

@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=200, help="steps between resumable checkpoints")
     parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out and start over")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--coco-images", type=Path, default=None, help="image folder of COCO-Stuff-style data")
+    parser.add_argument("--coco-captions", type=Path, default=None, help="COCO captions JSON (with --coco-images)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
 
@@ -29,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1 or args.batch_size < 1 or args.checkpoint_every < 1:
         raise LangcolorError("--steps, --batch-size and --checkpoint-every must be positive")
+    if (args.coco_images is None) != (args.coco_captions is None):
+        raise LangcolorError("--coco-images and --coco-captions go together")
     if args.threads:
         torch.set_num_threads(args.threads)
     options = TrainOptions(
@@ -39,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         object_weight=args.object_weight,
         checkpoint_every=args.checkpoint_every,
+        coco_images=str(args.coco_images) if args.coco_images else None,
+        coco_captions=str(args.coco_captions) if args.coco_captions else None,
     )
     result = train(options, args.out, resume=not args.fresh, progress=not args.no_progress)
     print(f"trained {result.steps} steps in {result.seconds:.0f} s, final loss {result.loss:.4f}")
