@@ -100,12 +100,27 @@ class _Ready:
 
 
 def model_identity(colorizer: Any) -> str:
-    """The weights hash that goes into every record: a different model redoes every image."""
+    """The weights hash that goes into every record: a different model redoes every image.
+
+    With a server, the hash the server declares for the model it serves wins over the local manifest.
+    """
+    served = getattr(getattr(colorizer, "_stages", None), "served_weights_sha256", None)
+    if served:
+        return served
     for owner in (colorizer, getattr(colorizer, "bundle", None)):
         manifest = getattr(owner, "manifest", None)
         if manifest is not None:
             return manifest.weights_sha256
     raise LangcolorError("the colorizer does not expose its model manifest (weights hash); cannot record outputs")
+
+
+def _stops_the_run(e: BaseException | None) -> bool:
+    """A server that stays away stops the run; a request it rejected fails only that batch."""
+    if not isinstance(e, ServerError):
+        return False
+    from .remote import RequestRejectedError  # only a server raises ServerError
+
+    return not isinstance(e, RequestRejectedError)
 
 
 def _reason(e: BaseException) -> str:
@@ -226,7 +241,7 @@ class _Pipeline:
                         else:
                             ready.append(future.result())
                     elif kind == "infer":
-                        if isinstance(error, ServerError):
+                        if _stops_the_run(error):
                             self.aborted = self.aborted or str(error)
                             outstanding -= len(payload)
                             for other, (other_kind, _) in pending.items():
@@ -348,6 +363,8 @@ def benchmark_batch(
     """End-to-end images/s of ``run_batch`` over ``source`` next to the model's own images/s
     (``infer_ab`` alone at the same batch size), so the figure says how close the pipeline
     comes to what the model allows. Writes into a fresh folder under ``workdir``."""
+    from PIL import Image
+
     out = Path(workdir) / f"bench-{time.time_ns()}"
     options = BatchOptions(
         source=Path(source), output=out, default_caption=caption, batch_size=batch_size, workers=workers,

@@ -349,7 +349,8 @@ def _batch_cmd(src: Path, out: Path, captions: Path, repo: Path) -> list[str]:
     ]
 
 
-def test_sigkill_then_rerun_finishes_every_image_exactly_once(tmp_path, model_repo):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+def test_interrupted_run_then_rerun_finishes_every_image_exactly_once(tmp_path, model_repo, sig):
     from langcolor.client.imageio import load_image
 
     src, out = tmp_path / "archive", tmp_path / "colour"
@@ -366,10 +367,15 @@ def test_sigkill_then_rerun_finishes_every_image_exactly_once(tmp_path, model_re
         if records.exists() and records.read_text().count("\n") >= 2:
             break
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the first run ended before it could be killed"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
     finished_before = {r["output"] for r in _records(out)}
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL, "the first run ended before it could be killed"
+    else:  # Ctrl-C: running writes complete, nothing half-written, exit status 130
+        assert proc.returncode == 130, err
+        assert b"interrupted" in err
+        assert _outputs(out) == finished_before
     assert 2 <= len(finished_before) < len(captions)
 
     stale = out / "bulk/0" / f".photo_00.png{TMP_MARK}99999-dead"
