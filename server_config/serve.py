@@ -1,5 +1,8 @@
 """``langcolor serve``: the real tritonserver on the project's model repository, on CPU.
 
+Defaults come from ``local.env`` beside this file (environment variables of the same name win,
+flags win over both); the fixed server flags are in ``launcher.py``.
+
 Binds to loopback unless ``--host`` says otherwise, returns to the prompt only when stopped
 (Ctrl-C or SIGTERM: Triton drains in-flight requests, exit status 0), and refuses to pretend: if a
 model fails to load, the command names it with Triton's reason and exits non-zero.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -29,20 +33,39 @@ def default_model_repository() -> Path:
     return Path(shipped())
 
 
+SETTINGS_FILE = Path(__file__).with_name("local.env")
+
+
+def load_settings(path: Path = SETTINGS_FILE) -> dict[str, str]:
+    """``KEY=VALUE`` lines of ``local.env`` (comments and blanks skipped); the environment wins."""
+    settings: dict[str, str] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, value = line.split("=", 1)
+                settings[key.strip()] = value.strip()
+    settings.update({k: v for k, v in os.environ.items() if k in settings})
+    return settings
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    s = load_settings()
     parser.add_argument(
         "--model-repository",
         type=Path,
         default=None,
         help="Triton model repository; the shipped one if not given ($LANGCOLOR_MODEL_REPOSITORY overrides)",
     )
-    parser.add_argument("--host", default=LOOPBACK, help="address to bind; 0.0.0.0 exposes the server to the network")
-    parser.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port (KServe v2)")
-    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port")
-    parser.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port")
+    parser.add_argument("--host", default=s.get("LANGCOLOR_HOST", LOOPBACK), help="address to bind; 0.0.0.0 exposes the server to the network")
+    parser.add_argument("--http-port", type=int, default=int(s.get("LANGCOLOR_HTTP_PORT", 8000)), help="HTTP/REST port (KServe v2)")
+    parser.add_argument("--grpc-port", type=int, default=int(s.get("LANGCOLOR_GRPC_PORT", 8001)), help="gRPC port")
+    parser.add_argument("--metrics-port", type=int, default=int(s.get("LANGCOLOR_METRICS_PORT", 8002)), help="Prometheus metrics port")
     parser.add_argument("--log-file", type=Path, default=None, help="tritonserver log file (a temp file if not given)")
     parser.add_argument(
-        "--startup-timeout", type=float, default=STARTUP_TIMEOUT_S, help="seconds to wait for every model to be ready"
+        "--startup-timeout",
+        type=float,
+        default=float(s.get("LANGCOLOR_STARTUP_TIMEOUT_S", STARTUP_TIMEOUT_S)), help="seconds to wait for every model to be ready"
     )
 
 
