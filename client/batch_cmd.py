@@ -30,16 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels")
     parser.add_argument("--model", default="lcode", help="model family in the model repository")
     parser.add_argument("--model-repository", type=Path,
-                        help="model repository for in-process runs (default: the shipped one)")
+                        help="model repository (default: the shipped one); with --server only its manifest and "
+                        "tokenizer are read, and must match the served model")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.captions is None and args.default_caption is None and args.source.is_dir():
         print("langcolor batch: error: a folder SRC needs --captions FILE or --default-caption TEXT", file=sys.stderr)
-        return 2
-    if args.server and args.model_repository:
-        print("langcolor batch: error: --model-repository is for in-process runs, not with --server", file=sys.stderr)
         return 2
     for flag, value in (("--batch-size", args.batch_size), ("--max-pixels", args.max_pixels)):
         if value < 1:

@@ -474,3 +474,97 @@ def test_cli_refuses_unsafe_jobs_before_any_work(tmp_path):
     (src / "list.csv").write_text("path,caption\n../../etc/passwd,a red circle\n")
     assert main(["batch", str(src / "list.csv"), "--output", str(tmp_path / "out")]) == 2
     assert not (src / "out").exists() and not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- through a Triton server
+
+
+def _small_archive(root: Path) -> dict[str, str]:
+    photos = {
+        "a.png": (skdata.astronaut(), "a red circle"),
+        "b.jpg": (skdata.coffee(), "a blue square"),
+        "sub/c.png": (skdata.chelsea(), "an orange triangle"),
+        "sub/d.png": (skdata.camera(), "a gray square"),
+        "e.jpg": (skdata.rocket(), "a green triangle"),
+    }
+    for i, (rel, (photo, _)) in enumerate(photos.items()):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_sized(photo, 90 + 40 * i, 140 + 25 * i)).save(root / rel)
+    return {rel: caption for rel, (_, caption) in photos.items()}
+
+
+@pytest.mark.server
+def test_batch_through_server_gives_the_in_process_pixels(tmp_path, server_url, protocol, served_repository):
+    from langcolor.client.batch import BatchOptions, run_batch
+    from langcolor.client.colorizer import Colorizer
+
+    src = tmp_path / "archive"
+    captions = _small_archive(src)
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    manifest = tmp_path / "captions.csv"
+    _write_captions(manifest, captions | {"broken.png": "a red circle"})
+    remote = Colorizer(server=server_url, protocol=protocol, model_repository=served_repository.path)
+    local = Colorizer(model_repository=served_repository.path)
+    common = dict(source=src, captions=manifest, batch_size=2, workers=2, progress=False)
+    served = run_batch(BatchOptions(output=tmp_path / "served", server=server_url, protocol=protocol, **common), remote)
+    inproc = run_batch(BatchOptions(output=tmp_path / "local", **common), local)
+    assert (served.done, served.failed) == (len(captions), 1) and [f.input for f in served.failures] == ["broken.png"]
+    assert (inproc.done, inproc.failed) == (len(captions), 1)
+    for rel in captions:
+        out_rel = Path(rel).with_suffix(".png")
+        a = np.asarray(Image.open(tmp_path / "served" / out_rel), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "local" / out_rel), dtype=np.int16)
+        assert a.shape == b.shape and np.abs(a - b).max() <= 2, rel
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_server_killed_mid_batch_then_rerun_finishes_every_image_once(tmp_path, served_repository):
+    """The server dies under a running batch: the client retries, then stops clearly; after a restart
+    the same command finishes the rest, each image exactly once."""
+    from langcolor.client.errors import ModelNotFoundError
+    from langcolor.server.launcher import TritonDist, TritonServer, free_ports
+
+    try:
+        TritonDist.locate()
+    except ModelNotFoundError as e:
+        pytest.skip(str(e))
+    src, out = tmp_path / "archive", tmp_path / "colour"
+    captions = _small_archive(src) | write_bulk(src, 16)
+    manifest = tmp_path / "captions.csv"
+    _write_captions(manifest, captions)
+    ports = free_ports(3)
+
+    def server() -> TritonServer:
+        return TritonServer(served_repository.path, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
+                            log_path=tmp_path / "tritonserver.log")
+
+    cmd = [
+        sys.executable, "-m", "langcolor.client.cli", "batch", str(src), "--output", str(out),
+        "--captions", str(manifest), "--server", f"127.0.0.1:{ports[1]}", "--protocol", "grpc",
+        "--model-repository", str(served_repository.path), "--workers", "1", "--batch-size", "1",
+        "--in-flight", "1", "--no-progress",
+    ]
+    with server() as first:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        records = out / ".langcolor/records.jsonl"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if records.exists() and records.read_text().count("\n") >= 2:
+                break
+            time.sleep(0.01)
+        os.killpg(first.process.pid, signal.SIGKILL)  # no goodbye to in-flight requests
+        stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr
+    assert "stopped early" in stderr and "rerun" in stderr
+    finished_before = {r["output"] for r in _records(out)}
+    assert 2 <= len(finished_before) < len(captions)
+    assert not (out / "failures.jsonl").read_text()  # the images were not at fault
+
+    with server():
+        rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"already done {len(finished_before)}," in rerun.stdout
+    expected = {Path(rel).with_suffix(".png").as_posix() for rel in captions}
+    assert _outputs(out) == expected
+    assert sorted(r["output"] for r in _records(out)) == sorted(expected)
