@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from .batch import DEFAULT_BATCH_SIZE, SERVER_IN_FLIGHT, BatchOptions, run_batch
 from .imageio import DEFAULT_MAX_PIXELS
 
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         model_repository=args.model_repository,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
-    summary = run_batch(options)
+    with logging_redirect_tqdm():  # warnings about bad files print above the progress bar, not through it
+        summary = run_batch(options)
     print(
         f"done {summary.done}, already done {summary.already_done}, skipped {summary.skipped}, "
         f"failed {summary.failed} of {summary.total} in {summary.seconds:.1f} s ({summary.images_per_s:.2f} images/s)"

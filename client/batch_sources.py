@@ -147,7 +147,10 @@ def _resolve_entry(root: Path, entry: ManifestEntry, manifest: Path) -> tuple[st
 
 def _walk(root: Path) -> list[tuple[str, Path]]:
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    def unreadable(e: OSError) -> None:
+        log.warning("%s: cannot list folder (%s), its images are not included", e.filename, e.strerror)
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:

@@ -474,6 +474,9 @@ def test_cli_refuses_unsafe_jobs_before_any_work(tmp_path):
     (src / "list.csv").write_text("path,caption\n../../etc/passwd,a red circle\n")
     assert main(["batch", str(src / "list.csv"), "--output", str(tmp_path / "out")]) == 2
     assert not (src / "out").exists() and not (tmp_path / "out").exists()
+    (tmp_path / "a_file").write_text("not a folder")
+    assert main(["batch", str(src), "--output", str(tmp_path / "a_file"), "--default-caption", "a red circle"]) == 2
+    assert (tmp_path / "a_file").read_text() == "not a folder"
 
 
 # --------------------------------------------------------------------------- through a Triton server
