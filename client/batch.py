@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 8
 SERVER_IN_FLIGHT = 4  # concurrent requests to a server: enough for Triton's dynamic batcher to merge
+MAX_REASON_CHARS = 300  # per failure in the log and the report
 _NO_PIXELS = np.zeros((0, 0, 3), dtype=np.float32)
 
 
@@ -126,9 +127,12 @@ def _stops_the_run(e: BaseException | None) -> bool:
 def _reason(e: BaseException) -> str:
     if isinstance(e, LangcolorError):
         # prepare() is given the file's bytes (hashed and decoded from one read); the report names the file.
-        return str(e).removeprefix("image bytes: ")
-    log.debug("unexpected error", exc_info=e)
-    return f"{type(e).__name__}: {e}"
+        text = str(e).removeprefix("image bytes: ")
+    else:
+        log.debug("unexpected error", exc_info=e)
+        text = f"{type(e).__name__}: {e}"
+    # A message may quote its input (a 100 000-character caption); one report line stays readable.
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 15] + " ... (cut short)"
 
 
 class _Pipeline:

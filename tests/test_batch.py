@@ -479,6 +479,38 @@ def test_cli_refuses_unsafe_jobs_before_any_work(tmp_path):
     assert (tmp_path / "a_file").read_text() == "not a folder"
 
 
+def test_bad_captions_in_a_manifest_fail_alone(tmp_path, colorizer):
+    from langcolor.client.batch import BatchOptions, run_batch
+
+    src = tmp_path / "archive"
+    src.mkdir()
+    cases = {  # file -> (caption, what must happen)
+        "good.png": ("a red circle", "done"),
+        "control.png": ("a red\x00\x07 circle\u200b", "done"),  # control characters are not words
+        "empty.png": ("", "skipped"),
+        "blank.png": (" \t\n ", "skipped"),
+        "unknown.png": ("zzzq qqqz", "no word of the caption is known"),
+        "long.png": ("red " * 50_000, "words; this model reads at most"),
+        "one_huge_word.png": ("x" * 100_000, "no word of the caption is known"),
+    }
+    photo = _sized(skdata.astronaut(), 64, 80)
+    for name in cases:
+        Image.fromarray(photo).save(src / name)
+    manifest = src / "list.jsonl"
+    manifest.write_text("".join(json.dumps({"path": p, "caption": c}) + "\n" for p, (c, _) in cases.items()))
+    summary = run_batch(BatchOptions(manifest, tmp_path / "out", progress=False), colorizer)
+    reasons = {f.input: f.reason for f in summary.failures}
+    for name, (_, expected) in cases.items():
+        written = (tmp_path / "out" / name).exists()
+        if expected == "done":
+            assert written and name not in reasons, name
+        elif expected == "skipped":
+            assert name in summary.skipped_inputs and not written and name not in reasons
+        else:
+            assert expected in reasons[name] and not written, (name, reasons.get(name))
+    assert all(len(r) <= 300 for r in reasons.values())  # a reason names the problem, never echoes 100 kB
+
+
 # --------------------------------------------------------------------------- through a Triton server
 
 
