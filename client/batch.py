@@ -132,7 +132,8 @@ def _reason(e: BaseException) -> str:
         log.debug("unexpected error", exc_info=e)
         text = f"{type(e).__name__}: {e}"
     # A message may quote its input (a 100 000-character caption); one report line stays readable.
-    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 15] + " ... (cut short)"
+    cut = " ... (cut short)"
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - len(cut)] + cut
 
 
 class _Pipeline:
