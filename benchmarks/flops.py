@@ -1,0 +1,104 @@
+"""Work per image counted from layer shapes, and the machine's measured float32 peak.
+
+FLOPs are counted by forward hooks on the layers that carry the arithmetic: ``Conv2d``,
+``ConvTranspose2d``, ``Linear`` and ``LSTM``; one multiply-add counts as 2 FLOPs, biases,
+normalisation and activations are not counted (they are memory-bound and a few percent at most).
+The fusion stage's attention products (``@`` on activations, no module) are left out: for the
+``full`` network they are ~0.01 GFLOP against ~20 GFLOP in the encoder and decoder convolutions.
+
+The peak is a large float32 matrix product timed on the same machine in the same run, the best
+this machine's BLAS does with every core; "fraction of peak" = achieved FLOP/s / that figure.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def _conv_flops(m: nn.Conv2d, x: torch.Tensor, y: torch.Tensor) -> int:
+    # every output element: C_in/groups * kh * kw multiply-adds
+    kh, kw = m.kernel_size
+    return 2 * y.numel() * (m.in_channels // m.groups) * kh * kw
+
+
+def _deconv_flops(m: nn.ConvTranspose2d, x: torch.Tensor, y: torch.Tensor) -> int:
+    # every INPUT element is scattered to C_out/groups * kh * kw outputs
+    kh, kw = m.kernel_size
+    return 2 * x.numel() * (m.out_channels // m.groups) * kh * kw
+
+
+def _linear_flops(m: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> int:
+    return 2 * (x.numel() // m.in_features) * m.in_features * m.out_features
+
+
+def _lstm_flops(m: nn.LSTM, x: torch.Tensor, y: torch.Tensor) -> int:
+    # per step, per layer and direction: 4 gates of (input + hidden) x hidden multiply-adds
+    assert m.batch_first and x.dim() == 3, "count for batch_first [B, T, E] inputs"
+    steps = x.shape[0] * x.shape[1]  # B * T
+    dirs = 2 if m.bidirectional else 1
+    total, in_size = 0, m.input_size
+    for _ in range(m.num_layers):
+        total += dirs * steps * 4 * (in_size + m.hidden_size) * m.hidden_size
+        in_size = m.hidden_size * dirs
+    return 2 * total
+
+
+_COUNTERS = {
+    nn.Conv2d: _conv_flops,
+    nn.ConvTranspose2d: _deconv_flops,
+    nn.Linear: _linear_flops,
+    nn.LSTM: _lstm_flops,
+}
+
+
+def count_flops(module: nn.Module, *inputs: torch.Tensor) -> int:
+    """FLOPs of one forward pass of ``module`` on ``inputs`` (the whole batch)."""
+    total = 0
+
+    def hook(m, args, output):
+        nonlocal total
+        x = args[0]
+        y = output[0] if isinstance(output, tuple) else output
+        total += _COUNTERS[type(m)](m, x, y)
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if type(m) in _COUNTERS]
+    try:
+        with torch.no_grad():
+            module(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def stage_gflops_per_image(stages: dict[str, nn.Module], stage_inputs: dict[str, tuple], batch: int) -> dict[str, float]:
+    """GFLOPs per image for each stage (counted at ``batch``, divided by it) and their sum as ``e2e``."""
+    out = {s: count_flops(stages[s], *stage_inputs[s]) / batch / 1e9 for s in stages}
+    out["e2e"] = sum(out.values())
+    return out
+
+
+@dataclass(frozen=True)
+class Peak:
+    gflops: float  # best of the repeats
+    n: int  # square matrix side
+    threads: int
+    seconds: float  # one product at the best
+
+
+def measure_peak(n: int = 2048, repeats: int = 5) -> Peak:
+    """Float32 GFLOP/s of an ``n x n`` matrix product with torch's BLAS on every core (best of ``repeats``)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g)
+    b = torch.randn(n, n, generator=g)
+    torch.mm(a, b)  # warm-up: thread pool and caches
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return Peak(gflops=2 * n**3 / best / 1e9, n=n, threads=torch.get_num_threads(), seconds=best)

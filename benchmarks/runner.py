@@ -1,0 +1,167 @@
+"""One benchmark run: every selected path on the same inputs, rows appended to one JSON document.
+
+Order per config: work per image (FLOP count) -> in-process paths (PyTorch, onnxruntime, GPU
+providers when present) over the batch sweep -> a real tritonserver on the config's repository
+(ensemble over gRPC and HTTP, per stage, concurrency sweep, perf_analyzer at the same
+concurrencies, the colorize endpoint against the client doing the same work) -> client pre/post
+for each photo size. The machine's peak is measured first, in the same process.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .flops import measure_peak, stage_gflops_per_image
+from .models import CAPTION, BenchModel, load_model
+from .paths import E2E, Runner, gpu_runners, onnxruntime_runner, pytorch_runner
+from .report import make_row, new_document, write_document
+from .stats import FULL, QUICK, Budget, measure
+from .targets import evaluate_targets
+
+log = logging.getLogger(__name__)
+
+ALL_PATHS = ("pytorch", "onnxruntime", "gpu", "triton-grpc", "triton-http", "perf_analyzer", "colorize", "prepost")
+STAGES_E2E = ("encoder", "fusion", "decoder", E2E)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    quick: bool = True
+    configs: tuple[str, ...] = ("full", "small")
+    paths: tuple[str, ...] = ALL_PATHS
+    batches: tuple[int, ...] = (1,)
+    concurrencies: tuple[int, ...] = (1, 8)
+    photo_sizes: tuple[str, ...] = ("0.3MP", "3MP", "12MP")
+    colorize_sizes: tuple[str, ...] = ("0.3MP",)
+    tune: bool = False
+    budget: Budget = QUICK
+    prepost_budget: Budget = Budget(warmup=1, min_repeats=6, max_repeats=100, max_seconds=3.0, round_size=3)
+    workdir: Path | None = None
+    stage_batches: tuple[int, ...] = (1,)  # batches at which encoder/fusion/decoder are timed apart
+
+    @classmethod
+    def make(cls, quick: bool, **kw) -> "BenchOptions":
+        if quick:
+            return cls(quick=True, **kw)
+        full = dict(batches=(1, 2, 4, 8, 16), concurrencies=(1, 2, 4, 8, 16), colorize_sizes=("0.3MP", "3MP"),
+                    tune=True, budget=FULL, stage_batches=(1, 8),
+                    prepost_budget=Budget(warmup=1, min_repeats=10, max_repeats=200, max_seconds=8.0, round_size=5))
+        full.update(kw)
+        return cls(quick=False, **full)
+
+
+@dataclass
+class Context:
+    options: BenchOptions
+    doc: dict
+    workdir: Path
+    peak_gflops: float
+    flops: dict[str, dict[str, float]] = field(default_factory=dict)  # config -> stage -> GFLOPs/image
+
+    def add(self, path: str, config: str, stage: str, device: str, precision: str, stats, **extra) -> dict:
+        gf = self.flops.get(config, {}).get(stage)
+        row = make_row(path, config, stage, device, precision, stats, gflops_per_image=gf,
+                       peak_gflops=self.peak_gflops if device == "cpu" else None, **extra)
+        self.doc["results"].append(row)
+        flag = "" if row["stable"] else f"  UNSTABLE: {row['unstable_reason']}"
+        log.info("%-16s %-5s %-8s b=%-2d c=%-2d p50 %8.2f ms  p99 %8.2f ms  %8.2f img/s%s%s", path, config, stage,
+                 row["batch"], row["concurrency"], row["p50_ms"], row["p99_ms"], row["throughput"],
+                 f"  [{extra['variant']}]" if extra.get("variant") else "", flag)
+        return row
+
+
+def _count_flops(bm: BenchModel) -> dict[str, float]:
+    L, tokens = bm.inputs(1)
+    lt, tt = torch.from_numpy(L), torch.from_numpy(tokens)
+    with torch.inference_mode():
+        feats = bm.model.encoder(lt)
+        modulated = bm.model.fusion(feats, tt)
+    stages = {"encoder": bm.model.encoder, "fusion": bm.model.fusion, "decoder": bm.model.decoder}
+    inputs = {"encoder": (lt,), "fusion": (feats, tt), "decoder": (modulated,)}
+    return stage_gflops_per_image(stages, inputs, batch=1)
+
+
+def run_in_process(ctx: Context, bm: BenchModel, runner: Runner) -> None:
+    o = ctx.options
+    for batch in o.batches:
+        L, tokens = bm.inputs(batch)
+        calls = runner.stage_calls(L, tokens)
+        stages = STAGES_E2E if batch in o.stage_batches else (E2E,)
+        for stage in stages:
+            stats = measure(calls[stage], batch, o.budget)
+            ctx.add(runner.path, bm.config, stage, runner.device, runner.precision, stats, note=runner.note)
+
+
+def run_config(ctx: Context, config: str) -> BenchModel:
+    o = ctx.options
+    bm = load_model(config, ctx.workdir)
+    ctx.doc.setdefault("models", {})[config] = {
+        "weights": bm.weights, "repository": str(bm.repository), "image_size": bm.geometry.image_size,
+        "max_tokens": bm.geometry.max_tokens, "feature_shape": list(bm.geometry.feature_shape),
+        "parameters": sum(p.numel() for p in bm.model.parameters()), "caption": CAPTION,
+    }
+    ctx.flops[config] = _count_flops(bm)
+    ctx.doc.setdefault("flops", {})[config] = {k: round(v, 4) for k, v in ctx.flops[config].items()}
+    runners: list[Runner] = []
+    if "pytorch" in o.paths:
+        runners.append(pytorch_runner(bm))
+    if "onnxruntime" in o.paths:
+        runners.append(onnxruntime_runner(bm))
+    if "gpu" in o.paths:
+        runners += gpu_runners(bm)
+    for runner in runners:
+        run_in_process(ctx, bm, runner)
+    server_paths = {"triton-grpc", "triton-http", "perf_analyzer", "colorize"} & set(o.paths)
+    if server_paths:
+        from .server_bench import run_server_paths
+
+        run_server_paths(ctx, bm)
+    if o.tune:
+        from .tuning import run_tuning
+
+        run_tuning(ctx, bm)
+    return bm
+
+
+def run_prepost(ctx: Context, bm: BenchModel) -> None:
+    from .prepost import PHOTO_SIZES, STEPS, photo_jpeg, prepost_calls
+
+    for size in ctx.options.photo_sizes:
+        w, h = PHOTO_SIZES[size]
+        jpeg = photo_jpeg(w, h)
+        calls = prepost_calls(bm, jpeg)
+        for step in STEPS:
+            stats = measure(calls[step], 1, ctx.options.prepost_budget)
+            ctx.add("client-prepost", bm.config, step, "cpu", "fp32", stats, megapixels=round(w * h / 1e6, 2),
+                    jpeg_bytes=len(jpeg))
+
+
+def run_bench(options: BenchOptions, output: Path) -> dict:
+    """Run every selected path, write the JSON to ``output`` (after each config, so a crash keeps
+    what was measured) and return the document."""
+    with tempfile.TemporaryDirectory(prefix="langcolor-bench-") as tmp:
+        workdir = Path(options.workdir or tmp)
+        doc = new_document({k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()
+                            if k not in ("budget", "prepost_budget", "workdir")}
+                           | {"budget": asdict(options.budget), "prepost_budget": asdict(options.prepost_budget)})
+        peak = measure_peak()
+        doc["peak"] = asdict(peak)
+        log.info("peak: %.1f GFLOP/s (float32 %dx%d matmul, %d threads)", peak.gflops, peak.n, peak.n, peak.threads)
+        ctx = Context(options, doc, workdir, peak.gflops)
+        models = {}
+        for config in options.configs:
+            models[config] = run_config(ctx, config)
+            doc["targets"] = evaluate_targets(doc["results"])
+            write_document(doc, output)
+        if "prepost" in options.paths:
+            config = "small" if "small" in options.configs else options.configs[0]
+            run_prepost(ctx, models[config])
+        doc["targets"] = evaluate_targets(doc["results"])
+        doc["peak_after"] = asdict(measure_peak())  # a second look: did the machine's capacity move during the run?
+        write_document(doc, output)
+    return doc

@@ -1,0 +1,110 @@
+"""The server half of a run: one tritonserver per config, every server path measured against it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from langcolor.client.errors import LangcolorError
+
+from .models import CAPTION, BenchModel
+from .server_paths import StageClient, closed_loop, colorize_calls, remote, running_server
+from .stats import measure
+
+log = logging.getLogger(__name__)
+
+
+def run_server_paths(ctx, bm: BenchModel, repository: Path | None = None, variant: str | None = None,
+                     protocols: tuple[str, ...] | None = None, batches: tuple[int, ...] | None = None,
+                     per_stage: bool = True, perf: bool = True, colorize: bool = True,
+                     concurrencies: tuple[int, ...] | None = None) -> None:
+    """Measure the ensemble (and, unless a tuning variant, the stages, perf_analyzer and colorize)."""
+    o = ctx.options
+    repository = repository or bm.repository
+    if protocols is None:
+        protocols = tuple(p for p in ("grpc", "http") if f"triton-{p}" in o.paths)
+    batches = batches or o.batches
+    concurrencies = concurrencies or o.concurrencies
+    log_path = ctx.workdir / f"tritonserver-{bm.config}-{variant or 'base'}.log"
+    with running_server(repository, log_path=log_path) as server:
+        ctx.doc.setdefault("server_startup_s", {})[f"{bm.config}/{variant or 'base'}"] = round(server.startup_s, 1)
+        for protocol in protocols:
+            path = f"triton-{protocol}"
+            rs = remote(server, protocol, bm)
+            try:
+                for batch in batches:
+                    L, tokens = bm.inputs(batch)
+                    stats = measure(lambda: rs.infer_ab(L, tokens), batch, o.budget)
+                    ctx.add(path, bm.config, "e2e", "cpu", "fp32", stats, variant=variant)
+                if per_stage and 1 in o.stage_batches:
+                    _stages(ctx, bm, server, protocol, path, variant)
+                L, tokens = bm.inputs(1)
+                for c in concurrencies:
+                    if c == 1 and 1 in batches:
+                        continue  # the sequential batch-1 row above is this point
+                    stats = closed_loop(lambda: rs.infer_ab(L, tokens), 1, c, o.budget)
+                    ctx.add(path, bm.config, "e2e", "cpu", "fp32", stats, variant=variant)
+                if colorize and protocol == "grpc" and "colorize" in o.paths:
+                    _colorize(ctx, bm, rs)
+            finally:
+                rs.close()
+        if perf and "perf_analyzer" in o.paths:
+            _perf_analyzer(ctx, bm, server, variant)
+
+
+def _stages(ctx, bm: BenchModel, server, protocol: str, path: str, variant: str | None) -> None:
+    client = StageClient(server, protocol, bm)
+    try:
+        for batch in ctx.options.stage_batches:
+            if batch > 8:
+                continue  # a stage model takes at most max_batch_size (8) per request
+            L, tokens = bm.inputs(batch)
+            for stage, call in client.stage_calls(L, tokens).items():
+                stats = measure(call, batch, ctx.options.budget)
+                ctx.add(path, bm.config, stage, "cpu", "fp32", stats, variant=variant)
+    finally:
+        client.close()
+
+
+def _colorize(ctx, bm: BenchModel, rs) -> None:
+    from .prepost import PHOTO_SIZES, photo_jpeg
+
+    for size in ctx.options.colorize_sizes:
+        w, h = PHOTO_SIZES[size]
+        jpeg = photo_jpeg(w, h)
+        for name, call in colorize_calls(rs, bm, jpeg, CAPTION).items():
+            stats = measure(call, 1, ctx.options.prepost_budget)
+            ctx.add(name, bm.config, "e2e", "cpu", "fp32", stats, megapixels=round(w * h / 1e6, 2),
+                    note="bytes in, PNG out; client+ensemble = decode, Lab, resize, tokenize, gRPC ensemble, reconstruct, PNG")
+
+
+def _perf_analyzer(ctx, bm: BenchModel, server, variant: str | None) -> None:
+    from .perf_analyzer import ensure_perf_analyzer, run_perf_analyzer, version, write_input_data
+    from .stats import LatencyStats
+
+    try:
+        binary = ensure_perf_analyzer()
+    except LangcolorError as e:
+        log.warning("perf_analyzer skipped: %s", e)
+        ctx.doc.setdefault("skipped", []).append(f"perf_analyzer: {e}")
+        return
+    ctx.doc["versions"]["perf_analyzer"] = version(binary)
+    L, tokens = bm.inputs(1)
+    data = write_input_data(ctx.workdir / f"pa_input_{bm.config}.json", L, tokens)
+    interval = 2000 if ctx.options.quick else 4000
+    for c in ctx.options.concurrencies:
+        try:
+            r = run_perf_analyzer(binary, server.endpoints.grpc_url, "grpc", "lcode", data, c, ctx.workdir,
+                                  interval_ms=interval, max_trials=4 if ctx.options.quick else 8)
+        except (LangcolorError, OSError) as e:
+            log.warning("perf_analyzer at concurrency %d failed: %s", c, e)
+            ctx.doc.setdefault("skipped", []).append(f"perf_analyzer c={c}: {e}")
+            continue
+        stats = LatencyStats(
+            n=0, batch=1, concurrency=r.concurrency, p50_ms=r.p50_ms, p95_ms=r.p95_ms, p99_ms=r.p99_ms,
+            mean_ms=r.avg_ms, min_ms=float("nan"), throughput=r.throughput, wall_s=float("nan"), stable=r.stable,
+            cv=float("nan"), rel_iqr=float("nan"), half_drift=float("nan"),
+            unstable_reason="" if r.stable else f"perf_analyzer: no stable window ({r.note})",
+        )
+        ctx.add("perf_analyzer", bm.config, "e2e", "cpu", "fp32", stats, variant=variant, protocol="grpc",
+                server_queue_ms=round(r.server_queue_ms, 3), server_compute_ms=round(r.server_compute_ms, 3))

@@ -1,0 +1,96 @@
+"""What was tried to make the paths faster, each measured in the same run as the baseline.
+
+- onnxruntime in-process: graph optimisation level, intra-op threads, execution mode, spinning.
+- Triton: the stage configs regenerated with a changed ``Target`` (threads per stage, dynamic
+  batching delay, preferred batch sizes, instance count) into a *copy* of the repository in the
+  run's temp folder; the exporter's own ``stage_config`` writes them, so only the setting differs.
+  Which settings to adopt is a decision for ``export/triton_config.py``'s owner, made from these rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from langcolor.client.runtime import ModelBundle
+from langcolor.client.spec import STAGES, stage_specs
+from langcolor.export.triton_config import CONFIG_FILE, Target, stage_config
+
+from .models import BenchModel
+from .paths import E2E, OrtOptions, ort_variant_runner
+from .stats import measure
+
+log = logging.getLogger(__name__)
+
+ORT_VARIANTS = (
+    OrtOptions(),  # what the client's session_options() does (opt=all, default threads, sequential, no spin)
+    OrtOptions(opt_level="disable"),
+    OrtOptions(opt_level="basic"),
+    OrtOptions(opt_level="extended"),
+    OrtOptions(intra_op_threads=1),
+    OrtOptions(intra_op_threads=2),
+    OrtOptions(parallel=True),
+    OrtOptions(spinning=True),
+)
+
+BASE_TARGET = Target(backend="python")
+TRITON_VARIANTS: dict[str, Target] = {
+    "base": BASE_TARGET,
+    "threads=2": replace(BASE_TARGET, intra_op_threads=2),
+    "delay=0": replace(BASE_TARGET, max_queue_delay_us=0),
+    "delay=10ms": replace(BASE_TARGET, max_queue_delay_us=10_000),
+    "preferred=8": replace(BASE_TARGET, preferred_batch_sizes=(8,)),
+    "instances=2": replace(BASE_TARGET, instance_count=2),
+    "instances=2,threads=2": replace(BASE_TARGET, instance_count=2, intra_op_threads=2),
+}
+QUICK_TRITON_VARIANTS = ("threads=2",)
+
+
+def run_ort_variants(ctx, bm: BenchModel, batches: tuple[int, ...] = (1, 8)) -> None:
+    for options in ORT_VARIANTS:
+        runner = ort_variant_runner(bm, options)
+        for batch in batches:
+            L, tokens = bm.inputs(batch)
+            stats = measure(runner.stage_calls(L, tokens)[E2E], batch, ctx.options.budget)
+            ctx.add("onnxruntime", bm.config, E2E, "cpu", "fp32", stats, variant=f"ort:{options.label}",
+                    note="raw sessions, no input checks")
+
+
+def write_variant(repository: Path, out: Path, target: Target) -> Path:
+    """Copy ``repository`` to ``out`` with the three stage configs regenerated for ``target``."""
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(repository, out)
+    geom = ModelBundle.load(repository, stages=False).geometry
+    specs = stage_specs(geom)
+    for stage in STAGES:
+        spec = specs[stage]
+        (out / spec.model_name / CONFIG_FILE).write_text(stage_config(spec, geom, target))
+    return out
+
+
+def run_triton_variants(ctx, bm: BenchModel, names: tuple[str, ...], concurrencies: tuple[int, ...]) -> None:
+    from .server_bench import run_server_paths
+
+    for name in names:
+        target = TRITON_VARIANTS[name]
+        repo = write_variant(bm.repository, ctx.workdir / f"variant_{bm.config}_{name.replace('=', '').replace(',', '_')}", target)
+        ctx.doc.setdefault("triton_variants", {})[name] = asdict(target)
+        try:
+            run_server_paths(ctx, bm, repository=repo, variant=f"triton:{name}", protocols=("grpc",), batches=(1,),
+                             per_stage=False, perf=False, colorize=False, concurrencies=concurrencies)
+        except Exception as e:  # one variant failing to load must not lose the run
+            log.warning("triton variant %s failed: %s", name, e)
+            ctx.doc.setdefault("skipped", []).append(f"triton variant {name}: {e}")
+        finally:
+            shutil.rmtree(repo, ignore_errors=True)
+
+
+def run_tuning(ctx, bm: BenchModel) -> None:
+    o = ctx.options
+    if o.quick:
+        run_triton_variants(ctx, bm, QUICK_TRITON_VARIANTS, (1, 8))
+        return
+    run_ort_variants(ctx, bm)
+    run_triton_variants(ctx, bm, tuple(n for n in TRITON_VARIANTS if n != "base"), (1, 4, 8))
