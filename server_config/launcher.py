@@ -40,8 +40,10 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 STARTUP_TIMEOUT_S = 180.0  # model loading on a busy 2-core machine
-STOP_GRACE_S = 20.0  # SIGTERM -> SIGKILL; Triton itself waits up to --exit-timeout-secs
-EXIT_TIMEOUT_S = 15  # Triton's own grace for in-flight requests on shutdown
+# On SIGTERM Triton first waits for open HTTP connections (an idle keep-alive client counts) and
+# in-flight requests, up to --exit-timeout-secs in all, then unloads the models.
+EXIT_TIMEOUT_S = 15
+STOP_GRACE_S = 15.0  # after the exit timeout, before SIGKILL: unloading takes a few seconds
 
 
 class ModelLoadError(ServerError):
@@ -200,6 +202,7 @@ class TritonServer:
         metrics_port: int = 8002,
         log_path: Path | str | None = None,
         startup_timeout_s: float = STARTUP_TIMEOUT_S,
+        exit_timeout_s: int = EXIT_TIMEOUT_S,
         stop_grace_s: float = STOP_GRACE_S,
         log_verbose: int = 0,
         extra_args: tuple[str, ...] = (),
@@ -208,6 +211,7 @@ class TritonServer:
         self.endpoints = Endpoints(host, http_port, grpc_port, metrics_port)
         self.log_path = Path(log_path) if log_path else None
         self.startup_timeout_s = startup_timeout_s
+        self.exit_timeout_s = int(exit_timeout_s)
         self.stop_grace_s = stop_grace_s
         self.log_verbose = log_verbose
         self.extra_args = tuple(extra_args)
@@ -232,7 +236,7 @@ class TritonServer:
             "--load-model=*",
             "--exit-on-error=false",
             "--strict-readiness=true",
-            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--log-verbose={self.log_verbose}",
             *self.extra_args,
         ]
@@ -337,7 +341,11 @@ class TritonServer:
         }
 
     def stop(self) -> int | None:
-        """SIGTERM, wait ``stop_grace_s``, then SIGKILL the process group. Returns the exit status."""
+        """SIGTERM, wait the exit timeout plus ``stop_grace_s``, then SIGKILL the process group.
+
+        Returns Triton's exit status: 0 for a clean drain, 1 when the exit timeout ran out (a client
+        kept an HTTP connection open, or models were still busy), -9 if it had to be killed.
+        """
         proc = self.process
         if proc is None:
             return None
@@ -345,9 +353,10 @@ class TritonServer:
             log.info("stopping tritonserver (pid %d)", proc.pid)
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(self.stop_grace_s)
+                proc.wait(self.exit_timeout_s + self.stop_grace_s)
             except subprocess.TimeoutExpired:
-                log.warning("tritonserver ignored SIGTERM for %.0f s; killing it", self.stop_grace_s)
+                log.warning("tritonserver still running %.0f s after SIGTERM; killing it",
+                            self.exit_timeout_s + self.stop_grace_s)
         # The group also holds the Python-backend stubs; none must outlive the server.
         try:
             os.killpg(proc.pid, signal.SIGKILL)

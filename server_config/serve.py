@@ -19,7 +19,7 @@ from pathlib import Path
 
 from langcolor.client.errors import ServerError
 
-from .launcher import LOOPBACK, STARTUP_TIMEOUT_S, ModelLoadError, TritonServer, repository_models
+from .launcher import EXIT_TIMEOUT_S, LOOPBACK, STARTUP_TIMEOUT_S, ModelLoadError, TritonServer, repository_models
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-port", type=int, default=int(s.get("LANGCOLOR_HTTP_PORT", 8000)), help="HTTP/REST port (KServe v2)")
     parser.add_argument("--grpc-port", type=int, default=int(s.get("LANGCOLOR_GRPC_PORT", 8001)), help="gRPC port")
     parser.add_argument("--metrics-port", type=int, default=int(s.get("LANGCOLOR_METRICS_PORT", 8002)), help="Prometheus metrics port")
-    parser.add_argument("--log-file", type=Path, default=None, help="tritonserver log file (a temp file if not given)")
+    parser.add_argument("--log-file", type=Path, default=None, help="tritonserver log file; a temp file if not given")
     parser.add_argument(
         "--startup-timeout",
         type=float,
-        default=float(s.get("LANGCOLOR_STARTUP_TIMEOUT_S", STARTUP_TIMEOUT_S)), help="seconds to wait for every model to be ready"
+        default=float(s.get("LANGCOLOR_STARTUP_TIMEOUT_S", STARTUP_TIMEOUT_S)),
+        help="seconds to wait for every model to be ready",
+    )
+    parser.add_argument(
+        "--exit-timeout",
+        type=int,
+        default=int(s.get("LANGCOLOR_EXIT_TIMEOUT_S", EXIT_TIMEOUT_S)),
+        help="seconds Triton drains in-flight requests and open HTTP connections on stop",
     )
 
 
@@ -95,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         log_path=args.log_file,
         startup_timeout_s=args.startup_timeout,
+        exit_timeout_s=args.exit_timeout,
     )
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
@@ -123,7 +131,9 @@ def run(args: argparse.Namespace) -> int:
         code = server.stop()
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
-        if code is not None:
+        if code == 1:
+            log.warning("tritonserver hit its %d s exit timeout (a client kept a connection open?)", args.exit_timeout)
+        elif code is not None:
             log.info("tritonserver exited with status %s", code)
 
 

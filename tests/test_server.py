@@ -282,3 +282,35 @@ def test_client_checks_tensors_against_the_served_contract(remote, bundle):
     L, tokens = _inputs(bundle, 2)
     with pytest.raises(TensorError, match="L"):
         remote.infer_ab(L[:, :, 1:], tokens)
+
+
+def test_client_retries_through_a_server_restart(served_repository, bundle, protocol, tmp_path):
+    """Server gone: a clear error after the retries; server back: the same client carries on."""
+    import threading
+
+    from langcolor.server.launcher import TritonServer, free_ports
+
+    http, grpc, metrics = free_ports(3)
+    L, tokens = _inputs(bundle, 1)
+    # The client keeps its connection open across the stop: do not let Triton wait for it.
+    kw = dict(http_port=http, grpc_port=grpc, metrics_port=metrics, log_path=tmp_path / "restart.log", exit_timeout_s=1)
+    first = TritonServer(served_repository.path, **kw).start()
+    url = first.endpoints.grpc_url if protocol == "grpc" else first.endpoints.http_url
+    remote = RemoteStages(url, protocol, tokenizer_sha256=bundle.tokenizer.sha256, retries=2, backoff_s=0.05)
+    second = TritonServer(served_repository.path, **kw)
+    try:
+        before = remote.infer_ab(L, tokens)
+        first.stop()
+        with pytest.raises(ServerUnavailableError, match="unreachable after 3 attempts"):
+            remote.infer_ab(L, tokens)
+        # Back after a moment; enough retries (0.25 s doubling, capped) span the restart.
+        remote.retries, remote.backoff_s = 10, 0.25
+        starter = threading.Thread(target=second.start)
+        starter.start()
+        after = remote.infer_ab(L, tokens)
+        starter.join()
+        assert float(np.abs(after - before).max()) <= PARITY_TOL
+    finally:
+        remote.close()
+        first.stop()
+        second.stop()
