@@ -74,7 +74,7 @@ class BatchSummary:
     already_done: int  # finished by an earlier run, same input, caption and model
     skipped: int  # no caption
     failed: int
-    seconds: float
+    seconds: float  # from the loaded model to the last image written
     report: Path  # the JSONL failure report
     failures: tuple[Failure, ...]
     skipped_inputs: tuple[str, ...]
@@ -295,7 +295,6 @@ def run_batch(options: BatchOptions, colorizer: Any = None) -> BatchSummary:
     ``colorizer`` lets a caller reuse a loaded ``Colorizer`` (its own ``max_pixels`` then applies).
     Raises ``LangcolorError`` when the job is refused (unsafe paths, collisions, a locked folder).
     """
-    started = time.perf_counter()
     plan = plan_batch(options.source, options.output, options.captions, options.default_caption, options.format)
     out_dir = Path(options.output).absolute()
     try:
@@ -304,6 +303,7 @@ def run_batch(options: BatchOptions, colorizer: Any = None) -> BatchSummary:
         raise LangcolorError(f"cannot create output folder {out_dir}: {e.strerror or e}") from e
     colorizer = colorizer if colorizer is not None else _load_colorizer(options)
     weights = model_identity(colorizer)
+    started = time.perf_counter()
     work = [item for item in plan.items if item.caption is not None]
     skipped = tuple(item.rel for item in plan.items if item.caption is None)
     for rel in skipped:
