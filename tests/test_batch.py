@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -509,6 +510,49 @@ def test_bad_captions_in_a_manifest_fail_alone(tmp_path, colorizer):
         else:
             assert expected in reasons[name] and not written, (name, reasons.get(name))
     assert all(len(r) <= 300 for r in reasons.values())  # a reason names the problem, never echoes 100 kB
+
+
+def test_format_same_keeps_format_and_metadata(tmp_path, colorizer):
+    from langcolor.client.batch import BatchOptions, run_batch
+    from langcolor.client.imageio import load_image
+
+    src = tmp_path / "archive"
+    write_photos(src)
+    shutil.rmtree(src / "broken")
+    (src / "bmp").mkdir()
+    Image.fromarray(_sized(skdata.chelsea(), 60, 90)).save(src / "bmp/cat.bmp")
+    summary = run_batch(BatchOptions(src, tmp_path / "out", default_caption="a red circle", format="same",
+                                     progress=False), colorizer)
+    assert summary.ok and summary.done == len(GOOD) + 1
+    formats = {"coffee.jpg": "JPEG", "rotated.jpg": "JPEG", "icc.tif": "TIFF", "astronaut.png": "PNG",
+               "bmp/cat.png": "PNG"}  # BMP carries no metadata: written as PNG
+    for rel, fmt in formats.items():
+        with Image.open(tmp_path / "out" / rel) as im:
+            assert im.format == fmt, rel
+    with Image.open(tmp_path / "out/icc.tif") as im, Image.open(src / "icc.tif") as orig:
+        assert im.info.get("icc_profile") == orig.info["icc_profile"]
+    with Image.open(tmp_path / "out/rotated.jpg") as im:
+        assert im.size == (200, 300) and im.getexif().get(0x0112) in (None, 1)
+        assert im.getexif().get(0x010F) == "Langcolor Test Camera"
+    for rel in ("coffee.jpg", "rotated.jpg"):  # lossy output: L kept up to JPEG's own error
+        diff = np.abs(_lightness(load_image(tmp_path / "out" / rel).rgb) - _lightness(load_image(src / rel).rgb))
+        assert diff.mean() < 1.5, (rel, float(diff.mean()))
+
+
+def test_benchmark_reports_pipeline_and_model_throughput(tmp_path, model_repo):
+    from langcolor.client.batch import benchmark_batch, write_benchmark_photos
+    from langcolor.client.colorizer import Colorizer
+
+    colorizer = Colorizer(model_repository=model_repo)  # the default pixel cap: photos up to 2 megapixels
+
+    paths = write_benchmark_photos(tmp_path / "photos", count=6)
+    assert len({Image.open(p).size for p in paths}) > 1  # mixed sizes
+    result = benchmark_batch(tmp_path / "photos", tmp_path / "work", colorizer, caption="a red circle", batch_size=4)
+    assert result["images"] == 6 and result["failed"] == 0
+    assert result["pipeline_images_per_s"] > 0 and result["model_images_per_s"] > 0
+    assert result["pipeline_over_model"] == pytest.approx(
+        result["pipeline_images_per_s"] / result["model_images_per_s"], rel=0.05
+    )
 
 
 # --------------------------------------------------------------------------- through a Triton server
