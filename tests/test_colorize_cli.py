@@ -149,32 +149,63 @@ def test_console_script_prints_no_traceback(env, tmp_path):
 
 # ---------------------------------------------------------------- the shipped model
 def _scene(size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A gray photo: a circle (left) and a square (right) on a background; luminances say nothing of colour."""
-    yy, xx = np.mgrid[:size, :size] / size
-    circle = (yy - 0.5) ** 2 + (xx - 0.28) ** 2 < 0.17**2
-    square = (np.abs(yy - 0.5) < 0.15) & (np.abs(xx - 0.72) < 0.15)
+    """A gray photo: a circle (left) and a square (right) on a background, and their interiors.
+
+    The luminances say nothing of the colours; the interiors leave out the edge pixels, where the
+    upsampled ab blends object and background.
+    """
+    yy, xx = (np.mgrid[:size, :size] + 0.5) / size
+    dist = np.hypot(yy - 0.5, xx - 0.28)
+    circle, circle_in = dist < 0.17, dist < 0.13
+    cheb = np.maximum(np.abs(yy - 0.5), np.abs(xx - 0.72))
+    square, square_in = cheb < 0.15, cheb < 0.11
     L = np.full((size, size), 62.0)
     L[circle], L[square] = 40.0, 80.0
     gray = lab_to_rgb(np.stack([L, np.zeros_like(L), np.zeros_like(L)], axis=-1))
-    return np.round(gray * 255).astype(np.uint8), circle, square
+    return np.round(gray * 255).astype(np.uint8), circle_in, square_in
 
 
 @pytest.mark.skipif(not shipped, reason=f"no shipped model repository at {SHIPPED} yet")
-def test_shipped_model_follows_the_caption(tmp_path, capsys):
-    from langcolor.client.colorizer import Colorizer
-    from langcolor.export.synthetic import PALETTE
+def test_shipped_model_follows_the_caption():
+    """Every ordered pair of four colours on (circle, square): 12 captions, 24 objects.
 
+    Each pair is also asked swapped, on the same gray pixels: a caption-blind network gives both
+    the same colours, so it can be right on at most half of these objects. The bar (85%) sits
+    between that and the model card's caption following on seen pairs.
+    """
+    from langcolor.client.colorizer import Colorizer
+    from langcolor.export.synthetic import HELD_OUT, PALETTE
+
+    colours = ["red", "green", "blue", "pink"]
+    pairs = [(c1, c2) for c1 in colours for c2 in colours if c1 != c2]
+    assert not any((("circle", c1) in HELD_OUT) or (("square", c2) in HELD_OUT) for c1, c2 in pairs)  # seen pairs
     col = Colorizer()
     photo, circle, square = _scene()
     names = list(PALETTE)
-    centres = np.array([PALETTE[n] for n in names])
+    centres = np.array([PALETTE[n] for n in names])  # [K, 2]
 
     def nearest(rgb, mask):
-        ab = rgb_to_lab(rgb / 255.0)[..., 1:][mask].mean(axis=0)
+        ab = rgb_to_lab(rgb / 255.0)[..., 1:][mask].mean(axis=0)  # mean colour inside the object
         return names[int(np.argmin(np.linalg.norm(centres - ab, axis=1)))]
 
-    got = {}
-    for c1, c2 in [("red", "blue"), ("blue", "red"), ("green", "yellow"), ("yellow", "green")]:
-        r = col.colorize(photo, f"a {c1} circle and a {c2} square")
-        got[(c1, c2)] = (nearest(r.rgb, circle), nearest(r.rgb, square))
-    assert got == {k: k for k in got}, got  # a caption-blind network cannot pass the swapped pairs
+    results = col.colorize_many([(photo, f"a {c1} circle and a {c2} square") for c1, c2 in pairs])
+    got = {pair: (nearest(r.rgb, circle), nearest(r.rgb, square)) for pair, r in zip(pairs, results)}
+    right = sum((g[0] == p[0]) + (g[1] == p[1]) for p, g in got.items())
+    print(f"caption following: {right}/{2 * len(pairs)}")
+    assert right >= 0.85 * 2 * len(pairs), f"{right}/{2 * len(pairs)} objects follow the caption: {got}"
+
+
+@pytest.mark.skipif(not shipped, reason=f"no shipped model repository at {SHIPPED} yet")
+def test_cli_default_model_colours_a_real_photo(tmp_path, capsys, monkeypatch):
+    """`langcolor colorize` with no model flags: the shipped repository, a real photo, L kept."""
+    monkeypatch.chdir(tmp_path)
+    photo = skimage.data.camera()[:301, :257]  # grayscale, odd size
+    Image.fromarray(photo).save("camera.jpg", quality=95)
+    code, out, err = _run(capsys, "camera.jpg", "-c", "a red circle on a green background", "-o", "camera_out.png")
+    assert code == 0, err
+    rgb = np.asarray(Image.open("camera_out.png"))
+    assert rgb.shape == (301, 257, 3)
+    l_in = rgb_to_lab(np.asarray(Image.open("camera.jpg").convert("RGB")) / 255.0)[..., 0]
+    assert np.abs(rgb_to_lab(rgb / 255.0)[..., 0] - l_in).max() < 0.27
+    chroma = np.hypot(*np.moveaxis(rgb_to_lab(rgb / 255.0)[..., 1:], -1, 0))
+    assert chroma.mean() > 3.0  # coloured, not gray
