@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -188,7 +189,7 @@ class TritonServer:
     """A ``tritonserver`` subprocess: ``with TritonServer(repo, ...) as server: server.endpoints``.
 
     ``start()`` returns once every model in the repository is READY, raises ``ModelLoadError`` (with
-    Triton's reason per model) if one failed, or ``ServerError`` with the log tail if the process
+    Triton's reason per model) if one failed (or, with ``allow_failed``, lists it in ``failed``), or ``ServerError`` with the log tail if the process
     died or the timeout passed. The process is stopped on any failure in ``start()``.
     """
 
@@ -205,6 +206,7 @@ class TritonServer:
         exit_timeout_s: int = EXIT_TIMEOUT_S,
         stop_grace_s: float = STOP_GRACE_S,
         log_verbose: int = 0,
+        allow_failed: bool = False,
         extra_args: tuple[str, ...] = (),
     ):
         self.model_repository = Path(model_repository).resolve()
@@ -218,6 +220,9 @@ class TritonServer:
         self.process: subprocess.Popen | None = None
         self._log_file = None
         self.startup_s: float | None = None  # seconds from spawn to every model ready
+        # allow_failed: start() returns with failed models listed here instead of raising (fault tests).
+        self.allow_failed = allow_failed
+        self.failed: tuple[ModelState, ...] = ()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def command(self, backend_dir: Path, binary: Path) -> list[str]:
@@ -290,9 +295,7 @@ class TritonServer:
                     )
                 try:
                     if client.is_server_live():
-                        states = self.model_states(client)
-                        self._check_states(states, expected)
-                        if all(s.state == "READY" for s in states.values()) and expected <= states.keys():
+                        if self._check_states(self.model_states(client), expected):
                             return
                 except (InferenceServerException, ConnectionError, OSError) as e:
                     log.debug("not up yet: %s", e)
@@ -304,21 +307,33 @@ class TritonServer:
         finally:
             client.close()
 
-    def _check_states(self, states: dict[str, ModelState], expected: set[str]) -> None:
-        failed = tuple(s for s in states.values() if s.state == "UNAVAILABLE")
-        if failed:
-            # Triton does not load an ensemble whose step failed, and leaves its state empty.
-            blocked = tuple(
-                ModelState(s.name, s.version, "UNAVAILABLE", "ensemble not loaded: one of its steps failed to load")
-                for n, s in sorted(states.items())
-                if n in expected and s.state == "" and self._is_ensemble(n)
-            )
-            raise ModelLoadError(failed + blocked)
-        # In explicit mode a model Triton skipped (config unparsable, say) has an empty state.
-        if not any(s.state in ("LOADING", "UNLOADING") for s in states.values()):
-            skipped = tuple(s for n, s in states.items() if n in expected and s.state == "")
-            if skipped:
-                raise ModelLoadError(tuple(ModelState(s.name, s.version, "UNAVAILABLE", s.reason or "not loaded") for s in skipped))
+    def _check_states(self, states: dict[str, ModelState], expected: set[str]) -> bool:
+        """True once loading has settled with every model READY; raises or records failures."""
+        if any(s.state in ("LOADING", "UNLOADING") for s in states.values()) or not expected <= states.keys():
+            return False
+        failed = [s for s in states.values() if s.state == "UNAVAILABLE"]
+        # A model Triton never tried (an ensemble whose step failed or is missing, an unparsable
+        # config) keeps an empty state and no reason in the index; its reason is only in the log.
+        for name in sorted(expected):
+            s = states[name]
+            if s.state == "":
+                fallback = "ensemble not loaded: one of its steps failed to load" if self._is_ensemble(name) else "not loaded"
+                failed.append(ModelState(name, s.version, "UNAVAILABLE", s.reason or self._log_reason(name) or fallback))
+        self.failed = tuple(failed)
+        if failed and not self.allow_failed:
+            raise ModelLoadError(self.failed)
+        return True
+
+    def _log_reason(self, model: str) -> str:
+        """The last error line of Triton's log that names ``model`` (quoted or as a word)."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        if self._log_file is not None:
+            self._log_file.flush()
+        pattern = re.compile(rf"^E\S* .*?\] \"(.*(?:'{re.escape(model)}'|\b{re.escape(model)}\b(?!_)).*)\"$")
+        reasons = [m.group(1) for m in map(pattern.match, self.log_path.read_text(errors="replace").splitlines()) if m]
+        # The log escapes newlines; drop the Python traceback Triton appends after "At:".
+        return reasons[-1].split("\\n\\nAt:")[0].replace("\\n", " ").strip() if reasons else ""
 
     def _is_ensemble(self, model: str) -> bool:
         config = self.model_repository / model / "config.pbtxt"

@@ -122,3 +122,37 @@ def test_serve_names_a_model_with_a_corrupt_onnx_file(served_repository, tmp_pat
     assert "INVALID_PROTOBUF" in line or "protobuf" in line.lower(), line
     # The ensemble that needs the decoder is named too, so the user knows what is down.
     assert any("'lcode'" in ln for ln in failed), out.text
+
+
+def test_serve_names_an_ensemble_whose_stage_is_missing(served_repository, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(served_repository.path, repo)
+    shutil.rmtree(repo / "lcode_fusion")
+    proc, out = _serve(repo, free_ports(3), tmp_path)
+    try:
+        code = proc.wait(READY_TIMEOUT_S)
+    finally:
+        _stop(proc)
+    out._thread.join(5)
+    assert code != 0, out.text
+    line = next((ln for ln in out.lines if "model 'lcode' failed to load" in ln), "")
+    assert "lcode_fusion" in line, out.text  # Triton's reason names the missing step
+
+
+def test_client_gets_model_not_ready_from_a_server_with_a_failed_model(served_repository, tmp_path):
+    from langcolor.client.remote import ModelNotReadyError
+    from langcolor.server.launcher import TritonServer
+
+    repo = tmp_path / "repo"
+    shutil.copytree(served_repository.path, repo)
+    (repo / "lcode_encoder" / "1" / "model.onnx").write_bytes(b"\x00" * 64)
+    http, grpc, metrics = free_ports(3)
+    server = TritonServer(repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                          log_path=tmp_path / "tritonserver.log", allow_failed=True)
+    with server:
+        assert {m.name for m in server.failed} == {"lcode_encoder", "lcode"}
+        for protocol, url in (("grpc", server.endpoints.grpc_url), ("http", server.endpoints.http_url)):
+            start = time.monotonic()
+            with pytest.raises(ModelNotReadyError, match="'lcode' is not ready"):
+                RemoteStages(url, protocol, retries=1, backoff_s=0.01)
+            assert time.monotonic() - start < 30  # an answer, not a hang
