@@ -165,21 +165,11 @@ def _scene(size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.round(gray * 255).astype(np.uint8), circle_in, square_in
 
 
-@pytest.mark.skipif(not shipped, reason=f"no shipped model repository at {SHIPPED} yet")
-def test_shipped_model_follows_the_caption():
-    """Every ordered pair of four colours on (circle, square): 12 captions, 24 objects.
+def _follow(col, pairs: list[tuple[str, str]]) -> tuple[dict, int]:
+    """Colorize the scene for "a C1 circle and a C2 square" per pair; name each object's mean colour
+    by the nearest palette entry. -> ({pair: (circle colour, square colour)}, objects right)."""
+    from langcolor.export.synthetic import PALETTE
 
-    Each pair is also asked swapped, on the same gray pixels: a caption-blind network gives both
-    the same colours, so it can be right on at most half of these objects. The bar (85%) sits
-    between that and the model card's caption following on seen pairs.
-    """
-    from langcolor.client.colorizer import Colorizer
-    from langcolor.export.synthetic import HELD_OUT, PALETTE
-
-    colours = ["red", "green", "blue", "pink"]
-    pairs = [(c1, c2) for c1 in colours for c2 in colours if c1 != c2]
-    assert not any((("circle", c1) in HELD_OUT) or (("square", c2) in HELD_OUT) for c1, c2 in pairs)  # seen pairs
-    col = Colorizer()
     photo, circle, square = _scene()
     names = list(PALETTE)
     centres = np.array([PALETTE[n] for n in names])  # [K, 2]
@@ -190,9 +180,42 @@ def test_shipped_model_follows_the_caption():
 
     results = col.colorize_many([(photo, f"a {c1} circle and a {c2} square") for c1, c2 in pairs])
     got = {pair: (nearest(r.rgb, circle), nearest(r.rgb, square)) for pair, r in zip(pairs, results)}
-    right = sum((g[0] == p[0]) + (g[1] == p[1]) for p, g in got.items())
+    return got, sum((g[0] == p[0]) + (g[1] == p[1]) for p, g in got.items())
+
+
+@pytest.mark.skipif(not shipped, reason=f"no shipped model repository at {SHIPPED} yet")
+def test_shipped_model_follows_the_caption():
+    """Every ordered pair of four colours on (circle, square): 12 captions, 24 objects.
+
+    Each pair is also asked swapped, on the same gray pixels: a caption-blind network gives both
+    the same colours, so it can be right on at most half of these objects. The bar (85%) sits
+    between that and the model card's caption following on seen pairs.
+    """
+    from langcolor.client.colorizer import Colorizer
+    from langcolor.export.synthetic import HELD_OUT
+
+    colours = ["red", "green", "blue", "pink"]
+    pairs = [(c1, c2) for c1 in colours for c2 in colours if c1 != c2]
+    assert not any((("circle", c1) in HELD_OUT) or (("square", c2) in HELD_OUT) for c1, c2 in pairs)  # seen pairs
+    col = Colorizer()
+    got, right = _follow(col, pairs)
     print(f"caption following: {right}/{2 * len(pairs)}")
     assert right >= 0.85 * 2 * len(pairs), f"{right}/{2 * len(pairs)} objects follow the caption: {got}"
+
+
+@pytest.mark.skipif(not shipped, reason=f"no shipped model repository at {SHIPPED} yet")
+def test_shipped_model_couples_colour_to_object_on_held_out_pairs():
+    """Colour-object pairs never seen in training ("purple circle", "yellow square", "orange circle"),
+    next to a seen pair: the colour must land on the object it is said of, not just anywhere."""
+    from langcolor.client.colorizer import Colorizer
+    from langcolor.export.synthetic import HELD_OUT
+
+    pairs = [("purple", "green"), ("orange", "blue"), ("red", "yellow"), ("purple", "yellow"), ("orange", "yellow"), ("green", "yellow")]
+    assert all((("circle", c1) in HELD_OUT) or (("square", c2) in HELD_OUT) for c1, c2 in pairs)
+    col = Colorizer()
+    got, right = _follow(col, pairs)
+    print(f"held-out coupling: {right}/{2 * len(pairs)}")
+    assert right >= 0.75 * 2 * len(pairs), f"{right}/{2 * len(pairs)} objects follow the caption: {got}"
 
 
 @pytest.mark.skipif(not shipped, reason=f"no shipped model repository at {SHIPPED} yet")
@@ -208,4 +231,4 @@ def test_cli_default_model_colours_a_real_photo(tmp_path, capsys, monkeypatch):
     l_in = rgb_to_lab(np.asarray(Image.open("camera.jpg").convert("RGB")) / 255.0)[..., 0]
     assert np.abs(rgb_to_lab(rgb / 255.0)[..., 0] - l_in).max() < 0.27
     chroma = np.hypot(*np.moveaxis(rgb_to_lab(rgb / 255.0)[..., 1:], -1, 0))
-    assert chroma.mean() > 3.0  # coloured, not gray
+    assert chroma.mean() > 10.0  # coloured, not gray (a gray photo has chroma 0)
