@@ -149,6 +149,10 @@ def gpu_runners(bm: BenchModel, fp16: bool = True) -> list[Runner]:
     """CUDA and TensorRT (FP32, and FP16 when asked) onnxruntime paths, or none without a GPU build."""
     available = set(ort.get_available_providers())
     runners: list[Runner] = []
+    if torch.cuda.is_available():
+        runners.append(pytorch_cuda_runner(bm, half=False))
+        if fp16:
+            runners.append(pytorch_cuda_runner(bm, half=True))
     if "CUDAExecutionProvider" not in available:
         log.info("no CUDAExecutionProvider in this onnxruntime (%s): GPU paths skipped", sorted(available))
         return runners
@@ -161,6 +165,36 @@ def gpu_runners(bm: BenchModel, fp16: bool = True) -> list[Runner]:
         for half in (False, True) if fp16 else (False,):
             runners.append(_tensorrt_runner(bm, half))
     return runners
+
+
+def pytorch_cuda_runner(bm: BenchModel, half: bool) -> Runner:
+    """PyTorch eager on the GPU (autocast to FP16 when ``half``), synchronised after every call."""
+    import copy
+
+    model = copy.deepcopy(bm.model).cuda().eval()
+
+    def calls(L, tokens):
+        l_t, t_t = torch.from_numpy(L).cuda(), torch.from_numpy(tokens).cuda()
+
+        def run(fn):
+            def call():
+                with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=half):
+                    out = fn()
+                torch.cuda.synchronize()
+                return out
+            return call
+
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=half):
+            feats = model.encoder(l_t)
+            modulated = model.fusion(feats, t_t)
+        return {
+            "encoder": run(lambda: model.encoder(l_t)),
+            "fusion": run(lambda: model.fusion(feats, t_t)),
+            "decoder": run(lambda: model.decoder(modulated)),
+            E2E: run(lambda: model.decoder(model.fusion(model.encoder(l_t), t_t)).cpu()),
+        }
+
+    return Runner("pytorch-cuda", "cuda", "fp16" if half else "fp32", calls, note=torch.cuda.get_device_name(0))
 
 
 def _tensorrt_runner(bm: BenchModel, fp16: bool) -> Runner:

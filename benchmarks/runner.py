@@ -36,7 +36,7 @@ class BenchOptions:
     paths: tuple[str, ...] = ALL_PATHS
     batches: tuple[int, ...] = (1,)
     concurrencies: tuple[int, ...] = (1, 8)
-    photo_sizes: tuple[str, ...] = ("0.3MP", "3MP", "12MP")
+    photo_sizes: tuple[str, ...] = ("0.3MP", "3MP")  # 12 MP: ~10 s per reconstruct + PNG here, full sweep only
     colorize_sizes: tuple[str, ...] = ("0.3MP",)
     tune: bool = False
     budget: Budget = QUICK
@@ -49,6 +49,7 @@ class BenchOptions:
         if quick:
             return cls(quick=True, **kw)
         full = dict(batches=(1, 2, 4, 8, 16), concurrencies=(1, 2, 4, 8, 16), colorize_sizes=("0.3MP", "3MP"),
+                    photo_sizes=("0.3MP", "3MP", "12MP"),
                     tune=True, budget=FULL, stage_batches=(1, 8),
                     prepost_budget=Budget(warmup=1, min_repeats=10, max_repeats=200, max_seconds=8.0, round_size=5))
         full.update(kw)
@@ -116,6 +117,10 @@ def run_config(ctx: Context, config: str) -> BenchModel:
         runners += gpu_runners(bm)
     for runner in runners:
         run_in_process(ctx, bm, runner)
+    if "gpu" in o.paths:
+        from .trtexec import run_trtexec_paths
+
+        run_trtexec_paths(ctx, bm)
     server_paths = {"triton-grpc", "triton-http", "perf_analyzer", "colorize"} & set(o.paths)
     if server_paths:
         from .server_bench import run_server_paths

@@ -36,7 +36,7 @@ def run_server_paths(ctx, bm: BenchModel, repository: Path | None = None, varian
                     L, tokens = bm.inputs(batch)
                     stats = measure(lambda: rs.infer_ab(L, tokens), batch, o.budget)
                     ctx.add(path, bm.config, "e2e", "cpu", "fp32", stats, variant=variant)
-                if per_stage and 1 in o.stage_batches:
+                if per_stage and 1 in o.stage_batches and (protocol == "grpc" or not o.quick):
                     _stages(ctx, bm, server, protocol, path, variant)
                 L, tokens = bm.inputs(1)
                 for c in concurrencies:
@@ -91,11 +91,16 @@ def _perf_analyzer(ctx, bm: BenchModel, server, variant: str | None) -> None:
     ctx.doc["versions"]["perf_analyzer"] = version(binary)
     L, tokens = bm.inputs(1)
     data = write_input_data(ctx.workdir / f"pa_input_{bm.config}.json", L, tokens)
-    interval = 2000 if ctx.options.quick else 4000
     for c in ctx.options.concurrencies:
+        # A window must hold several requests: five of our own p50 at this concurrency, 1 to 15 s.
+        ours = [r for r in ctx.doc["results"] if r["path"] == "triton-grpc" and r["config"] == bm.config
+                and r["stage"] == "e2e" and r["batch"] == 1 and r["concurrency"] == c and r.get("variant") == variant]
+        p50 = ours[0]["p50_ms"] if ours else 1000.0
+        interval = int(min(15_000, max(1000 if ctx.options.quick else 3000, 5 * p50)))
         try:
             r = run_perf_analyzer(binary, server.endpoints.grpc_url, "grpc", "lcode", data, c, ctx.workdir,
-                                  interval_ms=interval, max_trials=4 if ctx.options.quick else 8)
+                                  interval_ms=interval, max_trials=3 if ctx.options.quick else 8,
+                                  timeout_s=60 + 12 * interval / 1000)
         except (LangcolorError, OSError) as e:
             log.warning("perf_analyzer at concurrency %d failed: %s", c, e)
             ctx.doc.setdefault("skipped", []).append(f"perf_analyzer c={c}: {e}")
@@ -104,7 +109,8 @@ def _perf_analyzer(ctx, bm: BenchModel, server, variant: str | None) -> None:
             n=0, batch=1, concurrency=r.concurrency, p50_ms=r.p50_ms, p95_ms=r.p95_ms, p99_ms=r.p99_ms,
             mean_ms=r.avg_ms, min_ms=float("nan"), throughput=r.throughput, wall_s=float("nan"), stable=r.stable,
             cv=float("nan"), rel_iqr=float("nan"), half_drift=float("nan"),
-            unstable_reason="" if r.stable else f"perf_analyzer: no stable window ({r.note})",
+            unstable_reason="" if r.stable else f"perf_analyzer: {r.note}",
         )
         ctx.add("perf_analyzer", bm.config, "e2e", "cpu", "fp32", stats, variant=variant, protocol="grpc",
+                window_ms=interval,
                 server_queue_ms=round(r.server_queue_ms, 3), server_compute_ms=round(r.server_compute_ms, 3))

@@ -48,8 +48,9 @@ TRITON_VARIANTS: dict[str, Target] = {
 QUICK_TRITON_VARIANTS = ("threads=2",)
 
 
-def run_ort_variants(ctx, bm: BenchModel, batches: tuple[int, ...] = (1, 8)) -> None:
-    for options in ORT_VARIANTS:
+def run_ort_variants(ctx, bm: BenchModel, batches: tuple[int, ...] = (1, 8),
+                     variants: tuple[OrtOptions, ...] = ORT_VARIANTS) -> None:
+    for options in variants:
         runner = ort_variant_runner(bm, options)
         for batch in batches:
             L, tokens = bm.inputs(batch)
@@ -90,7 +91,11 @@ def run_triton_variants(ctx, bm: BenchModel, names: tuple[str, ...], concurrenci
 def run_tuning(ctx, bm: BenchModel) -> None:
     o = ctx.options
     if o.quick:
-        run_triton_variants(ctx, bm, QUICK_TRITON_VARIANTS, (1, 8))
+        # The two settings the targets turn on: one thread per stage on each side (like for like),
+        # and Triton stages given both cores (like the in-process default).
+        if bm.config == "full":
+            run_ort_variants(ctx, bm, batches=(1,), variants=(OrtOptions(intra_op_threads=1),))
+            run_triton_variants(ctx, bm, QUICK_TRITON_VARIANTS, (1, 8))
         return
     run_ort_variants(ctx, bm)
     run_triton_variants(ctx, bm, tuple(n for n in TRITON_VARIANTS if n != "base"), (1, 4, 8))

@@ -153,3 +153,12 @@ def test_tiny_bench_run_writes_complete_json(tmp_path):
         png = tmp_path / f"run{suffix}"
         assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
     assert "| triton-grpc | tiny |" in readme_tables(doc)
+
+
+def test_perf_analyzer_window_rule():
+    from langcolor.benchmarks.perf_analyzer import window_stability
+
+    assert window_stability([(100.0, 5000.0), (104.0, 5100.0), (98.0, 5050.0)], 10)[0]
+    stable, why = window_stability([(100.0, 5000.0), (140.0, 5100.0), (98.0, 5050.0)], 10)
+    assert not stable and "throughput" in why
+    assert not window_stability([(100.0, 5000.0)], 10)[0]
