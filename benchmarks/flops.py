@@ -6,8 +6,9 @@ normalisation and activations are not counted (they are memory-bound and a few p
 The fusion stage's attention products (``@`` on activations, no module) are left out: for the
 ``full`` network they are ~0.01 GFLOP against ~20 GFLOP in the encoder and decoder convolutions.
 
-The peak is a large float32 matrix product timed on the same machine in the same run, the best
-this machine's BLAS does with every core; "fraction of peak" = achieved FLOP/s / that figure.
+The peak is a large float32 matrix product timed on the same machine in the same run with every
+core, with torch, numpy and onnxruntime (their BLAS kernels differ by up to 2x here); the best of
+them is the peak, and "fraction of peak" = achieved FLOP/s / that figure.
 """
 
 from __future__ import annotations
@@ -84,21 +85,57 @@ def stage_gflops_per_image(stages: dict[str, nn.Module], stage_inputs: dict[str,
 
 @dataclass(frozen=True)
 class Peak:
-    gflops: float  # best of the repeats
+    gflops: float  # the best library on this machine, best of the repeats
     n: int  # square matrix side
     threads: int
     seconds: float  # one product at the best
+    by_library: dict  # library -> GFLOP/s (torch, numpy, onnxruntime: each BLAS differs)
 
 
-def measure_peak(n: int = 2048, repeats: int = 5) -> Peak:
-    """Float32 GFLOP/s of an ``n x n`` matrix product with torch's BLAS on every core (best of ``repeats``)."""
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g)
-    b = torch.randn(n, n, generator=g)
-    torch.mm(a, b)  # warm-up: thread pool and caches
+def _best_time(fn, repeats: int) -> float:
+    fn()  # warm-up: thread pool and caches
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        torch.mm(a, b)
+        fn()
         best = min(best, time.perf_counter() - t0)
-    return Peak(gflops=2 * n**3 / best / 1e9, n=n, threads=torch.get_num_threads(), seconds=best)
+    return best
+
+
+def _ort_matmul(n: int):
+    """An onnxruntime session computing one n x n MatMul (MLAS, the kernels the ONNX paths use)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["A", "B"], ["C"])], "peak",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [n, n]), helper.make_tensor_value_info("B", TensorProto.FLOAT, [n, n])],
+        [helper.make_tensor_value_info("C", TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 9)
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(onnx.shape_inference.infer_shapes(model).SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def measure_peak(n: int = 2048, repeats: int = 5) -> Peak:
+    """Float32 GFLOP/s of an ``n x n`` matrix product on every core, with torch, numpy and onnxruntime;
+    the peak is the best of them (the machine can do at least that much)."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g)
+    b = torch.randn(n, n, generator=g)
+    a_np, b_np = a.numpy(), b.numpy()
+    times = {"torch": _best_time(lambda: torch.mm(a, b), repeats), "numpy": _best_time(lambda: np.matmul(a_np, b_np), repeats)}
+    try:
+        sess = _ort_matmul(n)
+        times["onnxruntime"] = _best_time(lambda: sess.run(None, {"A": a_np, "B": b_np}), repeats)
+    except Exception:  # onnx missing or a broken build: the other two still give a peak
+        pass
+    by = {k: round(2 * n**3 / t / 1e9, 2) for k, t in times.items()}
+    best = min(times.values())
+    return Peak(gflops=2 * n**3 / best / 1e9, n=n, threads=torch.get_num_threads(), seconds=best, by_library=by)

@@ -84,6 +84,9 @@ def export_random(config: str, out_dir: Path, seed: int = 0) -> BenchModel:
     model = LCoDe(cfg, tokenizer.vocab_size).eval()
     sha = content_hash(cfg, tokenizer.to_str(), model.state_dict())
     weights = f"random, seed {seed}"
+    if _exported_with(Path(out_dir), sha):  # same seed, same code: a --workdir kept from a previous run
+        log.info("reusing %s (weights sha256 %s)", out_dir, sha[:12])
+        return BenchModel(config, model, tokenizer, Path(out_dir), weights)
     log.info("exporting random-weight '%s' network to %s", config, out_dir)
     write_model_repository(
         model, tokenizer, sha, Path(out_dir), target=Target(backend="python"),
@@ -92,14 +95,16 @@ def export_random(config: str, out_dir: Path, seed: int = 0) -> BenchModel:
     return BenchModel(config, model, tokenizer, Path(out_dir), weights)
 
 
-def _shipped_repository_matches(repo: Path, sha256: str) -> bool:
+def _exported_with(repo: Path, sha256: str) -> bool:
     manifest = repo / "lcode" / "1" / MANIFEST_FILE
-    if not manifest.is_file():
-        return False
+    return manifest.is_file() and json.loads(manifest.read_text()).get("weights_sha256") == sha256
+
+
+def _shipped_repository_matches(repo: Path, sha256: str) -> bool:
     stages = [repo / f"lcode_{s}" / "config.pbtxt" for s in ("encoder", "fusion", "decoder")]
     if not all(p.is_file() and 'backend: "python"' in p.read_text() for p in stages):
         return False
-    return json.loads(manifest.read_text()).get("weights_sha256") == sha256
+    return _exported_with(repo, sha256)
 
 
 def load_model(config: str, workdir: Path, seed: int = 0) -> BenchModel:
@@ -123,6 +128,8 @@ def load_model(config: str, workdir: Path, seed: int = 0) -> BenchModel:
     shipped = default_model_repository()
     if _shipped_repository_matches(shipped, ckpt.sha256):
         return BenchModel(config, model, ckpt.tokenizer, shipped, weights)
+    if _exported_with(out, ckpt.sha256):
+        return BenchModel(config, model, ckpt.tokenizer, out, weights)
     log.warning("%s does not hold these weights as a python-backend export; exporting them to %s", shipped, out)
     write_model_repository(model, ckpt.tokenizer, ckpt.sha256, out, target=Target(backend="python"),
                            extra={"config": config, "weights": weights})

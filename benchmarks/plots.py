@@ -1,6 +1,7 @@
 """Plots drawn from a run's JSON alone: latency vs batch, throughput vs concurrency, time per stage.
 
-    python -m langcolor.benchmarks.plots benchmarks/results/bench-quick-....json   # redraw, and print the README tables
+    python -m langcolor.benchmarks.plots RUN.json                      # redraw, print the README tables
+    python -m langcolor.benchmarks.plots RUN.json --readme benchmarks/README.md   # and replace its figures section
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .report import load_document, readme_tables  # noqa: E402
+from .report import load_document, readme_tables, update_readme  # noqa: E402
 
 STAGE_ORDER = ("encoder", "fusion", "decoder")
 
@@ -120,13 +121,21 @@ def draw_all(doc: dict, prefix: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    for name in argv:
-        path = Path(name)
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m langcolor.benchmarks.plots")
+    parser.add_argument("runs", nargs="+", type=Path, help="result JSON files")
+    parser.add_argument("--readme", type=Path, default=None, help="README whose generated section to replace (last run)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    for path in args.runs:
         doc = load_document(path)
         for png in draw_all(doc, path.with_suffix("")):
             print(f"plot {png}")
-        print(readme_tables(doc))
+        if args.readme is None:
+            print(readme_tables(doc))
+    if args.readme is not None:
+        update_readme(args.readme, [load_document(p) for p in args.runs], args.runs)
+        print(f"updated {args.readme}")
     return 0
 
 

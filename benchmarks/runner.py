@@ -47,7 +47,7 @@ class BenchOptions:
     @classmethod
     def make(cls, quick: bool, **kw) -> "BenchOptions":
         if quick:
-            return cls(quick=True, **kw)
+            return cls(quick=True, **{"tune": True, **kw})  # quick tuning: the two thread settings only
         full = dict(batches=(1, 2, 4, 8, 16), concurrencies=(1, 2, 4, 8, 16), colorize_sizes=("0.3MP", "3MP"),
                     photo_sizes=("0.3MP", "3MP", "12MP"),
                     tune=True, budget=FULL, stage_batches=(1, 8),
@@ -156,7 +156,7 @@ def run_bench(options: BenchOptions, output: Path) -> dict:
                            | {"budget": asdict(options.budget), "prepost_budget": asdict(options.prepost_budget)})
         peak = measure_peak()
         doc["peak"] = asdict(peak)
-        log.info("peak: %.1f GFLOP/s (float32 %dx%d matmul, %d threads)", peak.gflops, peak.n, peak.n, peak.threads)
+        log.info("peak: %.1f GFLOP/s (float32 %dx%d matmul, %d threads; %s)", peak.gflops, peak.n, peak.n, peak.threads, peak.by_library)
         ctx = Context(options, doc, workdir, peak.gflops)
         models = {}
         for config in options.configs:
