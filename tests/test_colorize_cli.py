@@ -166,20 +166,31 @@ def _scene(size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _follow(col, pairs: list[tuple[str, str]]) -> tuple[dict, int]:
-    """Colorize the scene for "a C1 circle and a C2 square" per pair; name each object's mean colour
-    by the nearest palette entry. -> ({pair: (circle colour, square colour)}, objects right)."""
+    """Colorize the scene for "a C1 circle and a C2 square" per pair; name each object's mean
+    predicted ab by the nearest palette entry. -> ({pair: (circle colour, square colour)}, objects right).
+
+    Judged on the network's ab (``ab_small``), as the model card's evaluation does, not on the
+    displayed RGB: red at the square's L = 80 lies outside sRGB, so the output shows it with less
+    chroma (same hue, same L), which the palette would call brown.
+    """
     from langcolor.export.synthetic import PALETTE
 
     photo, circle, square = _scene()
+    s = col.geometry.image_size
+    centres_px = ((np.arange(s) + 0.5) * photo.shape[0] / s).astype(int)  # S x S pixel centres
+    small = {name: m[np.ix_(centres_px, centres_px)] for name, m in (("circle", circle), ("square", square))}
     names = list(PALETTE)
     centres = np.array([PALETTE[n] for n in names])  # [K, 2]
 
-    def nearest(rgb, mask):
-        ab = rgb_to_lab(rgb / 255.0)[..., 1:][mask].mean(axis=0)  # mean colour inside the object
+    def nearest(ab_small, mask):  # [2, S, S], [S, S]
+        ab = ab_small[:, mask].mean(axis=1)  # mean predicted colour inside the object
         return names[int(np.argmin(np.linalg.norm(centres - ab, axis=1)))]
 
     results = col.colorize_many([(photo, f"a {c1} circle and a {c2} square") for c1, c2 in pairs])
-    got = {pair: (nearest(r.rgb, circle), nearest(r.rgb, square)) for pair, r in zip(pairs, results)}
+    got = {
+        pair: (nearest(r.ab_small, small["circle"]), nearest(r.ab_small, small["square"]))
+        for pair, r in zip(pairs, results)
+    }
     return got, sum((g[0] == p[0]) + (g[1] == p[1]) for p, g in got.items())
 
 
@@ -188,8 +199,8 @@ def test_shipped_model_follows_the_caption():
     """Every ordered pair of four colours on (circle, square): 12 captions, 24 objects.
 
     Each pair is also asked swapped, on the same gray pixels: a caption-blind network gives both
-    the same colours, so it can be right on at most half of these objects. The bar (85%) sits
-    between that and the model card's caption following on seen pairs.
+    the same colours, so it can be right on at most half of these objects. The bar is the issue's
+    90% for seen pairs (the shipped model: 24/24; a random-weight export: 0/24).
     """
     from langcolor.client.colorizer import Colorizer
     from langcolor.export.synthetic import HELD_OUT
@@ -200,13 +211,14 @@ def test_shipped_model_follows_the_caption():
     col = Colorizer()
     got, right = _follow(col, pairs)
     print(f"caption following: {right}/{2 * len(pairs)}")
-    assert right >= 0.85 * 2 * len(pairs), f"{right}/{2 * len(pairs)} objects follow the caption: {got}"
+    assert right >= 0.9 * 2 * len(pairs), f"{right}/{2 * len(pairs)} objects follow the caption: {got}"
 
 
 @pytest.mark.skipif(not shipped, reason=f"no shipped model repository at {SHIPPED} yet")
 def test_shipped_model_couples_colour_to_object_on_held_out_pairs():
     """Colour-object pairs never seen in training ("purple circle", "yellow square", "orange circle"),
-    next to a seen pair: the colour must land on the object it is said of, not just anywhere."""
+    next to a seen pair: the colour must land on the object it is said of, not just anywhere.
+    Bar 75% (9/12; the shipped model: 11/12, its evaluation on held-out scenes: 77%)."""
     from langcolor.client.colorizer import Colorizer
     from langcolor.export.synthetic import HELD_OUT
 
