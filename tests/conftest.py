@@ -1,6 +1,6 @@
 """Shared fixtures: a real tritonserver on free loopback ports, started once per test session.
 
-The server loads the shipped ``model_repository/`` when it holds a python-backend export (the
+The server loads the shipped ``model_repository/`` (``$LANGCOLOR_MODEL_REPOSITORY`` overrides) when it holds a python-backend export (the
 target the bundled tritonserver can run); otherwise a random-weight ``tiny`` repository written
 by ``build_tiny_repository`` into a temp folder, so the wiring is tested before any training.
 Tests that need trained colours ask for ``trained_repository`` and skip on the tiny one.
@@ -17,8 +17,10 @@ import pytest
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_REPOSITORY = REPO_ROOT / "model_repository"
+from langcolor.client.paths import default_model_repository
+
+# The repo-root model_repository/, or $LANGCOLOR_MODEL_REPOSITORY (to test another export).
+SHIPPED_REPOSITORY = default_model_repository()
 
 
 @dataclass(frozen=True)
