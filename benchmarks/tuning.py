@@ -91,11 +91,14 @@ def run_triton_variants(ctx, bm: BenchModel, names: tuple[str, ...], concurrenci
 def run_tuning(ctx, bm: BenchModel) -> None:
     o = ctx.options
     if o.quick:
-        # The two settings the targets turn on: one thread per stage on each side (like for like),
-        # and Triton stages given both cores (like the in-process default).
+        # The settings the targets turn on: for `full`, one thread per stage on each side (like for
+        # like) and Triton stages given both cores (like the in-process default); for `small`, whose
+        # calls take milliseconds, the dynamic batcher's queue delay (paid at each of three stages).
         if bm.config == "full":
             run_ort_variants(ctx, bm, batches=(1,), variants=(OrtOptions(intra_op_threads=1),))
             run_triton_variants(ctx, bm, QUICK_TRITON_VARIANTS, (1, 8))
+        else:
+            run_triton_variants(ctx, bm, ("delay=0",), (1, 8))
         return
     run_ort_variants(ctx, bm)
     run_triton_variants(ctx, bm, tuple(n for n in TRITON_VARIANTS if n != "base"), (1, 4, 8))
