@@ -179,7 +179,7 @@ class RemoteStages:
                     "use the tokenizer.json from the served model repository"
                 )
         self.max_batch_size = int(self._config(self.family).get("max_batch_size", 0)) or 1
-        log.info("connected to %s, model '%s' ready", self._where(), self.family)
+        log.debug("connected to %s, model '%s' ready", self._where(), self.family)
 
     def _require_ready(self, model: str) -> None:
         if self._retry(lambda c: c.is_model_ready(model), what=f"readiness of '{model}'"):
