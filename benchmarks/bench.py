@@ -40,13 +40,13 @@ def _names(text: str) -> tuple[str, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="only what the targets need: batch 1, concurrency 1 and 8")
     parser.add_argument("--output", type=Path, default=None,
-                        help="JSON file to write (default: benchmarks/results/bench-<quick|full>-<time>.json)")
-    parser.add_argument("--configs", type=_names, default=("full", "small"), help="network configs, comma-separated")
-    parser.add_argument("--paths", type=_names, default=PATH_CHOICES, help=f"paths to measure, from {','.join(PATH_CHOICES)}")
-    parser.add_argument("--batches", type=_ints, default=None, help="batch sizes (default: 1 quick, 1,2,4,8,16 full)")
-    parser.add_argument("--concurrency", type=_ints, default=None, help="concurrent callers (default: 1,8 quick, 1,2,4,8,16 full)")
+                        help="JSON file to write; None: benchmarks/results/bench-<quick|full>-<time>.json")
+    parser.add_argument("--configs", type=_names, default="full,small", help="network configs, comma-separated")
+    parser.add_argument("--paths", type=_names, default=",".join(PATH_CHOICES), help="paths to measure, comma-separated")
+    parser.add_argument("--batches", type=_ints, default=None, help="batch sizes; None: 1 quick, 1,2,4,8,16 full")
+    parser.add_argument("--concurrency", type=_ints, default=None, help="concurrent callers; None: 1,8 quick, 1,2,4,8,16 full")
     parser.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
-                        help="also try onnxruntime options and Triton config variants (default: on for the full sweep)")
+                        help="also try onnxruntime options and Triton config variants; None: a few quick, all in the full sweep")
     parser.add_argument("--no-plots", action="store_true", help="write the JSON only")
     parser.add_argument("--workdir", type=Path, default=None, help="keep exported repositories and server logs here")
 
