@@ -55,10 +55,13 @@ class Checkpoint:
         return model.eval()
 
 
-def content_hash(config: LCoDeConfig, tokenizer_json: str, state_dict: dict) -> str:
-    """sha256 over the config, the tokenizer text and every tensor (name, dtype, shape, bytes), in name order."""
+def content_hash(config: LCoDeConfig | dict, tokenizer_json: str, state_dict: dict) -> str:
+    """sha256 over the config, the tokenizer text and every tensor (name, dtype, shape, bytes), in name
+    order. A loaded checkpoint is hashed with its config dict as stored, so it stays valid when the
+    config class gains a field."""
     h = hashlib.sha256()
-    h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
+    raw = config.to_dict() if isinstance(config, LCoDeConfig) else config
+    h.update(json.dumps(raw, sort_keys=True).encode())
     h.update(tokenizer_json.encode("utf-8"))
     for name in sorted(state_dict):
         t = state_dict[name].detach().cpu().contiguous()
@@ -80,7 +83,7 @@ def save_checkpoint(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    digest = content_hash(model.cfg, tokenizer.to_str(), state)
+    digest = content_hash(model.cfg.to_dict(), tokenizer.to_str(), state)
     payload = {
         "format": FORMAT,
         "config": model.cfg.to_dict(),
@@ -114,7 +117,7 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
         raise ModelNotFoundError(f"{path} is not a {FORMAT} checkpoint")
     config = LCoDeConfig.from_dict(raw["config"])
     if verify:
-        digest = content_hash(config, raw["tokenizer"], raw["state_dict"])
+        digest = content_hash(raw["config"], raw["tokenizer"], raw["state_dict"])
         if digest != raw["sha256"]:
             raise ModelNotFoundError(f"checkpoint {path} fails its content hash (stored {raw['sha256'][:12]}, got {digest[:12]})")
     return Checkpoint(

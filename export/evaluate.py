@@ -49,6 +49,7 @@ class EvalReport:
     mismatch: Score  # lower is better
     psnr: Score
     ssim: Score
+    heldout_pairs: dict  # "colour shape" -> Score, caption following per held-out pair
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -174,11 +175,16 @@ def evaluate(model: LCoDe, tokenizer: CaptionTokenizer, scenes: int = 256, seed:
             bg = s.background_mask
             hits["bg"].append(_region_colour(ab, bg) == s.background)
             hits["bg0"].append(_region_colour(base, bg) == s.background)
+    per_pair: dict[str, tuple[list[bool], list[bool]]] = {}
     for s, ab, base in zip(held, held_ab, held_base):
         for o, m in zip(s.objects, s.masks):
             if o.mentioned and (o.shape, o.colour) in synthetic.HELD_OUT and m.any():
-                hits["held"].append(_region_colour(ab, m) == o.colour)
-                hits["held0"].append(_region_colour(base, m) == o.colour)
+                hit, hit0 = _region_colour(ab, m) == o.colour, _region_colour(base, m) == o.colour
+                hits["held"].append(hit)
+                hits["held0"].append(hit0)
+                pair = per_pair.setdefault(f"{o.colour} {o.shape}", ([], []))
+                pair[0].append(hit)
+                pair[1].append(hit0)
 
     quality = {"psnr": ([], []), "ssim": ([], [])}
     for s, ab, base in zip(test, test_ab, test_base):
@@ -205,4 +211,5 @@ def evaluate(model: LCoDe, tokenizer: CaptionTokenizer, scenes: int = 256, seed:
         mismatch=score("mis"),
         psnr=mean_score("psnr"),
         ssim=mean_score("ssim"),
+        heldout_pairs={k: Score(_fraction(v[0]), _fraction(v[1]), len(v[0])) for k, v in sorted(per_pair.items())},
     )

@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{path} (config {ckpt.config.name}, step {ckpt.step}, sha256 {ckpt.sha256[:12]}), {args.scenes} scenes per split")
     print(_row("caption following seen", report.seen))
     print(_row("caption following held", report.heldout))
+    for pair, score in report.heldout_pairs.items():
+        print(_row(f"  held: {pair}", score))
     print(_row("background following", report.background))
     print(_row("swap test", report.swap))
     print(_row("mismatch (lower=better)", report.mismatch))

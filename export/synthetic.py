@@ -29,7 +29,7 @@ PALETTE: dict[str, tuple[float, float]] = {
     "gray": (0.0, 0.0),
 }
 COLOURS: tuple[str, ...] = tuple(PALETTE)
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "ring", "cross")
 BACKGROUND = "background"
 # Never drawn in a training scene; each colour and each shape still occurs in other pairs.
 HELD_OUT: frozenset[tuple[str, str]] = frozenset(
@@ -88,6 +88,12 @@ def _shape_mask(shape: str, cy: float, cx: float, r: float, size: int) -> np.nda
         return (np.abs(dy) <= h) & (np.abs(dx) <= h)
     if shape == "diamond":
         return np.abs(dy) + np.abs(dx) <= r * 1.15
+    if shape == "ring":
+        d2 = dy**2 + dx**2
+        return (d2 <= r**2) & (d2 >= (0.55 * r) ** 2)
+    if shape == "cross":
+        arm = 0.38 * r
+        return ((np.abs(dx) <= arm) & (np.abs(dy) <= r)) | ((np.abs(dy) <= arm) & (np.abs(dx) <= r))
     if shape == "triangle":  # apex up, base at cy + r/2
         top, base = cy - r, cy + 0.6 * r
         half = (dy + r) / (1.6 * r) * r * 1.05  # half width grows from apex to base
@@ -190,6 +196,9 @@ def make_scene(seed: int, split: str, index: int, image_size: int, max_tokens: i
     shapes = [str(s) for s in rng.choice(SHAPES, size=n, replace=False)]
     spots = _place(rng, n, size)
     shapes = shapes[: len(spots)]
+    held_shapes = sorted({shape for shape, _ in HELD_OUT})
+    if split == "heldout" and not set(shapes) & set(held_shapes):  # e.g. only a ring: swap in one that has a held-out pair
+        shapes[0] = str(rng.choice(held_shapes))
     colours = _assign_colours(rng, shapes, split)
     bg_colour = str(rng.choice([c for c in COLOURS if c not in colours]))
 

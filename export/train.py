@@ -133,9 +133,13 @@ def train(options: TrainOptions, out_dir: str | Path, resume: bool = True, progr
     if ckpt is not None and ckpt.optimizer is not None:
         optimizer.load_state_dict(ckpt.optimizer)
         scheduler.load_state_dict(ckpt.scheduler)
+        if "torch_rng" in ckpt.meta:  # dropout masks continue exactly where the interrupted run was
+            torch.set_rng_state(ckpt.meta["torch_rng"])
 
     def meta() -> dict:
-        return {"options": asdict(options), "train_seconds": elapsed, "data": "coco" if coco is not None else "synthetic", "seed": options.seed}
+        data = "coco" if coco is not None else "synthetic"
+        return {"options": asdict(options), "train_seconds": elapsed, "data": data, "seed": options.seed,
+                "torch_rng": torch.get_rng_state()}
 
     recent: list[float] = []
     model.train()
