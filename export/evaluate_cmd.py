@@ -8,11 +8,11 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint or weights file (default: the shipped export/weights/lcode_small.pt)")
+                        help="checkpoint or weights file; unset = the shipped export/weights/lcode_small.pt")
     parser.add_argument("--scenes", type=int, default=256, help="scenes per split (test and held-out pairs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out scene stream")
     parser.add_argument("--output", type=Path, default=None, help="write the figures as JSON here")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads; unset = torch's choice")
 
 
 def _row(name: str, score, percent: bool = True) -> str:

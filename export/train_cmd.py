@@ -7,16 +7,19 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="small", help="network size: small (shipped), tiny (tests), full (paper)")
+    from .config import CONFIGS  # no torch: keeps `langcolor train --help` fast
+
+    parser.add_argument("--config", default="small", choices=list(CONFIGS),
+                        help="network size: small (shipped), full (paper), tiny (tests)")
     parser.add_argument("--steps", type=int, default=2400, help="optimisation steps in all (cosine decay spans them)")
     parser.add_argument("--out", type=Path, required=True, help="folder for checkpoint.pt (resumable) and weights.pt")
     parser.add_argument("--seed", type=int, default=0, help="seeds the weights, the scenes and the vocabulary")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="scenes per step")
     parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate at step 0")
     parser.add_argument("--object-weight", type=float, default=4.0, help="ab-loss weight of object pixels vs background")
     parser.add_argument("--checkpoint-every", type=int, default=200, help="steps between resumable checkpoints")
     parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out and start over")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads; unset = torch's choice")
     parser.add_argument("--coco-images", type=Path, default=None, help="image folder of COCO-Stuff-style data")
     parser.add_argument("--coco-captions", type=Path, default=None, help="COCO captions JSON (with --coco-images)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
