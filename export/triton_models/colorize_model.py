@@ -15,35 +15,97 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import triton_python_backend_utils as pb_utils
 
 from langcolor.client.errors import LangcolorError
-from langcolor.client.imageio import DEFAULT_MAX_PIXELS, encode_image, load_image
+from langcolor.client.imageio import DEFAULT_MAX_PIXELS, LoadedImage, encode_image, load_image
 from langcolor.client.reconstruct import prepare_l, reconstruct
 from langcolor.client.spec import AB_NAME, L_NAME, MANIFEST_FILE, TOKENIZER_FILE, TOKENS_NAME, ModelManifest
 from langcolor.client.tokenizer import CaptionTokenizer
 
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # outside Triton: ``parse_request`` stays importable for tests and fuzzing
+    pb_utils = None
+
 # Tensor names of this endpoint: must match langcolor.export.triton_config.
 IMAGE_NAME, CAPTION_NAME, COLORIZED_NAME = "IMAGE", "CAPTION", "COLORIZED"
+MAX_ERROR_CHARS = 500  # an error names the problem; it never echoes a 100 kB caption back to the caller
+_CUT = " ... (cut short)"
+
+
+def clip_message(message: str) -> str:
+    return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - len(_CUT)] + _CUT
 
 
 def _error(message: str) -> "pb_utils.TritonError":
+    message = clip_message(message)
     code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
     return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
 
 
-class _Item:
-    """One image of one request, prepared for the ensemble."""
+@dataclass(frozen=True)
+class ParsedItem:
+    """One image of one request, decoded and tokenized, ready for the ensemble."""
 
-    def __init__(self, request_index: int, loaded, l_full: np.ndarray, l_small: np.ndarray, tokens: np.ndarray):
-        self.request_index = request_index
-        self.loaded = loaded
-        self.l_full = l_full  # [H, W] float32, the photograph's own L
-        self.l_small = l_small  # [1, S, S] float32
-        self.tokens = tokens  # [T] int64
+    loaded: LoadedImage  # metadata (EXIF, ICC) for the output
+    l_full: np.ndarray  # [H, W] float32, the photograph's own L
+    l_small: np.ndarray  # [1, S, S] float32
+    tokens: np.ndarray  # [T] int64
+
+
+def _elements(array: np.ndarray | None, name: str) -> list[bytes]:
+    """The BYTES elements of one input tensor, flattened; raise naming the tensor if it is not that."""
+    if array is None:
+        raise LangcolorError(f"the request needs both {IMAGE_NAME} and {CAPTION_NAME}; {name} is missing")
+    array = np.asarray(array)
+    if array.dtype != np.object_ and array.dtype.kind != "S":
+        raise LangcolorError(f"{name} must be BYTES, got {array.dtype}")
+    items = []
+    for k, x in enumerate(array.reshape(-1)):
+        if not isinstance(x, (bytes, bytearray, np.bytes_)):
+            raise LangcolorError(f"{name}[{k}] must be bytes, got {type(x).__name__}")
+        items.append(bytes(x))
+    return items
+
+
+def parse_request(
+    images: np.ndarray | None,
+    captions: np.ndarray | None,
+    tokenizer: CaptionTokenizer,
+    image_size: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> list[ParsedItem]:
+    """The two BYTES inputs of one request -> its images, prepared; raises ``LangcolorError`` naming
+    the problem. Pure (no Triton): every check a request goes through, fuzzed by tests/test_fuzz.py.
+    Nothing in the request is used as a path: the image bytes are decoded from memory."""
+    image_list, caption_list = _elements(images, IMAGE_NAME), _elements(captions, CAPTION_NAME)
+    if len(image_list) != len(caption_list):
+        raise LangcolorError(f"{len(image_list)} image(s) but {len(caption_list)} caption(s)")
+    if not image_list:
+        raise LangcolorError("the request holds no image")
+    items = []
+    for k, (data, caption) in enumerate(zip(image_list, caption_list)):
+        where = f"item {k}: " if len(image_list) > 1 else ""
+        try:
+            encoded = tokenizer.encode(caption)  # CaptionError names the problem
+            loaded = load_image(data, max_pixels=max_pixels)  # ImageError names the problem
+        except LangcolorError as e:
+            raise type(e)(clip_message(f"{where}{e}")) from e
+        l_full, l_small = prepare_l(loaded.rgb, image_size)  # [H, W], [1, S, S]
+        items.append(ParsedItem(loaded, l_full, l_small, encoded.ids))
+    return items
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One image of one request of the dynamic batch."""
+
+    request_index: int
+    parsed: ParsedItem
 
 
 class TritonPythonModel:
@@ -70,23 +132,19 @@ class TritonPythonModel:
     def _prepare(self, index: int, request) -> list[_Item]:
         images = pb_utils.get_input_tensor_by_name(request, IMAGE_NAME)
         captions = pb_utils.get_input_tensor_by_name(request, CAPTION_NAME)
-        if images is None or captions is None:
-            raise LangcolorError(f"the request needs both {IMAGE_NAME} and {CAPTION_NAME}")
-        images, captions = images.as_numpy().reshape(-1), captions.as_numpy().reshape(-1)  # [n] of bytes
-        if images.shape != captions.shape:
-            raise LangcolorError(f"{images.size} image(s) but {captions.size} caption(s)")
-        items = []
-        for data, caption in zip(images, captions):
-            encoded = self.tokenizer.encode(bytes(caption))  # CaptionError names the problem
-            loaded = load_image(bytes(data), max_pixels=self.max_pixels)  # ImageError names the problem
-            l_full, l_small = prepare_l(loaded.rgb, self.image_size)  # [H, W], [1, S, S]
-            items.append(_Item(index, loaded, l_full, l_small, encoded.ids))
-        return items
+        parsed = parse_request(
+            None if images is None else images.as_numpy(),  # [n, 1] of bytes
+            None if captions is None else captions.as_numpy(),
+            self.tokenizer,
+            self.image_size,
+            self.max_pixels,
+        )
+        return [_Item(index, p) for p in parsed]
 
     async def _infer(self, items: list[_Item]) -> np.ndarray:
         """AB [n, 2, S, S] for ``items`` (n <= chunk) from the ensemble."""
-        l_batch = np.stack([it.l_small for it in items])  # [n, 1, S, S]
-        tokens = np.stack([it.tokens for it in items])  # [n, T]
+        l_batch = np.stack([it.parsed.l_small for it in items])  # [n, 1, S, S]
+        tokens = np.stack([it.parsed.tokens for it in items])  # [n, T]
         kwargs = {}
         if hasattr(pb_utils, "PreferredMemory"):  # ask for AB in CPU memory even when the stages run on GPU
             kwargs["preferred_memory"] = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
@@ -130,8 +188,9 @@ class TritonPythonModel:
                     errors[i] = str(ab)
                     continue
                 try:
-                    rgb = reconstruct(item.l_full, ab[k])  # [H, W, 3] uint8, L from the original
-                    outputs[i].append(encode_image(rgb, "PNG", exif=item.loaded.exif, icc=item.loaded.icc))
+                    p = item.parsed
+                    rgb = reconstruct(p.l_full, ab[k])  # [H, W, 3] uint8, L from the original
+                    outputs[i].append(encode_image(rgb, "PNG", exif=p.loaded.exif, icc=p.loaded.icc))
                 except LangcolorError as e:
                     errors[i] = str(e)
                 except Exception as e:
