@@ -2,8 +2,9 @@
 
 Before any pixel leaves the client, ``RemoteStages`` checks, in order: the server answers (retried
 with backoff), the ``<family>`` ensemble is READY (else Triton's reason from the repository index),
-and the tokenizer hash in the ensemble's config ``parameters`` equals the client's
-(``TokenizerMismatchError``). Token ids mean nothing across tokenizers: a mismatch would colour
+the tokenizer hash in the ensemble's config ``parameters`` equals the client's
+(``TokenizerMismatchError``), and, when the caller gives its manifest's geometry, the served one is
+the same (``ModelMismatchError``). Token ids mean nothing across tokenizers: a mismatch would colour
 "red" with the id of some other word, silently.
 
 Retries are for transport failures only (connection refused or reset, gRPC UNAVAILABLE): a request
@@ -59,6 +60,10 @@ class ModelNotReadyError(ServerError):
     """The server is up but the model is not loaded or failed to load."""
 
 
+class ModelMismatchError(ServerError):
+    """The served model's geometry (image size, caption length, vocabulary) differs from the client's."""
+
+
 class RequestRejectedError(ServerError):
     """Triton refused this request (shape, dtype, undecodable image, bad caption): do not retry it."""
 
@@ -87,6 +92,11 @@ def _message(e: Exception) -> str:
     return (text or type(e).__name__).replace("[request id: <id_unknown>] ", "").strip()
 
 
+def _geometry_text(g: ModelGeometry) -> str:
+    return (f"image size {g.image_size}, {g.max_tokens} tokens, vocabulary {g.vocab_size}, "
+            f"features {list(g.feature_shape)}")
+
+
 def _strip_scheme(url: str) -> str:
     for scheme in ("grpc://", "http://", "https://"):
         if url.startswith(scheme):
@@ -107,6 +117,7 @@ class RemoteStages:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         backoff_s: float = DEFAULT_BACKOFF_S,
         max_in_flight: int = 8,
+        geometry: ModelGeometry | None = None,
     ):
         if protocol not in PROTOCOLS:
             raise ServerError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -123,7 +134,7 @@ class RemoteStages:
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="langcolor-remote")
         self._colorize_checked = False
         try:
-            self._connect(tokenizer_sha256)
+            self._connect(tokenizer_sha256, geometry)
         except BaseException:
             self.close()
             raise
@@ -154,7 +165,7 @@ class RemoteStages:
     def _where(self) -> str:
         return f"Triton server at {self.url} ({self.protocol})"
 
-    def _connect(self, tokenizer_sha256: str | None) -> None:
+    def _connect(self, tokenizer_sha256: str | None, geometry: ModelGeometry | None = None) -> None:
         live = self._retry(lambda c: c.is_server_live(), what="health check")
         if not live:
             raise ServerUnavailableError(f"{self._where()} is not live")
@@ -178,6 +189,12 @@ class RemoteStages:
                     f"{self.served_tokenizer_sha256[:12]}..., this client has {tokenizer_sha256[:12]}...; "
                     "use the tokenizer.json from the served model repository"
                 )
+        if geometry is not None and self.geometry is not None and geometry != self.geometry:
+            # Caught here, before any pixel is sent, rather than as a shape error on the first request.
+            raise ModelMismatchError(
+                f"model mismatch: '{self.family}' on {self._where()} has {_geometry_text(self.geometry)}, "
+                f"this client's manifest has {_geometry_text(geometry)}; use the served model repository"
+            )
         self.max_batch_size = int(self._config(self.family).get("max_batch_size", 0)) or 1
         log.debug("connected to %s, model '%s' ready", self._where(), self.family)
 

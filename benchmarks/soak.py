@@ -1,0 +1,339 @@
+"""Load and soak against a real Triton server on loopback: many concurrent clients, a fixed number of
+requests, over gRPC and HTTP, to the ``lcode`` ensemble (tensors) and the ``colorize`` endpoint (bytes).
+
+    python -m langcolor.benchmarks.soak --requests 2000 --concurrency 16 [--output soak.json]
+
+Without ``--server`` it starts its own tritonserver on free 127.0.0.1 ports from the shipped model
+repository and stops it at the end. Figures per (protocol, endpoint): errors (must be 0), p50/p99
+latency, throughput, and the resident memory of the server's whole process tree (tritonserver plus
+its Python-backend stubs) after warm-up and at the end, sampled along the way: a leak shows as
+steady growth. The run stops by itself: after ``--requests`` or ``--max-seconds``, whichever first.
+``tests/test_load.py`` runs a short version of the same ``run_load``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import math
+import platform
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS = ("lcode", "colorize")
+PROTOCOLS = ("grpc", "http")
+REQUEST_TIMEOUT_S = 120.0
+MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    protocol: str
+    endpoint: str
+    requests: int  # answered, good or bad
+    concurrency: int
+    errors: int
+    error_samples: tuple[str, ...]  # the first few messages
+    p50_ms: float
+    p99_ms: float
+    throughput_rps: float
+    seconds: float
+    rss_start_mb: float  # server process tree, after warm-up
+    rss_end_mb: float
+    rss_max_mb: float
+    rss_samples_mb: tuple[float, ...]  # about ten, evenly spread over the run
+
+    @property
+    def rss_growth_mb(self) -> float:
+        return self.rss_end_mb - self.rss_start_mb
+
+
+def server_rss_mb(pid: int | None) -> float:
+    """Resident memory of ``pid`` and all its descendants (the Python-backend stubs), in MiB."""
+    if pid is None:
+        return float("nan")
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return float("nan")
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:  # a stub that just exited
+            pass
+    return total / MB
+
+
+# ------------------------------------------------------------------------------ requests
+@dataclass(frozen=True)
+class Workload:
+    """Inputs cycled through by every client: real photographs at several sizes, several captions."""
+
+    l_planes: tuple[np.ndarray, ...]  # each float32 [1, 1, S, S]
+    tokens: tuple[np.ndarray, ...]  # each int64 [1, T]
+    images: tuple[bytes, ...]  # encoded PNG/JPEG
+    captions: tuple[bytes, ...]
+
+
+def default_workload(model_repository: Path) -> Workload:
+    from PIL import Image
+    from skimage import data as skdata
+
+    from langcolor.client.reconstruct import prepare_l
+    from langcolor.client.runtime import ModelBundle
+
+    bundle = ModelBundle.load(model_repository, stages=False)
+    size = bundle.geometry.image_size
+    photos = [skdata.astronaut()[::4, ::4], skdata.coffee()[::3, ::3], skdata.chelsea()[::2, ::2],
+              np.repeat(skdata.camera()[::4, ::4, None], 3, axis=2)]
+    captions = ["a red circle on a blue background", "a green square", "the yellow triangle and a purple diamond",
+                "a brown circle", "an orange square on a gray background"]
+    images = []
+    for i, rgb in enumerate(photos):
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, "JPEG" if i % 2 else "PNG", quality=90)
+        images.append(buf.getvalue())
+    l_planes = tuple(prepare_l(rgb / 255.0, size)[1][None].astype(np.float32) for rgb in photos)  # [1, 1, S, S]
+    tokens = tuple(bundle.tokenizer.encode_batch([c]) for c in captions)  # [1, T]
+    return Workload(l_planes, tokens, tuple(images), tuple(c.encode() for c in captions))
+
+
+class _Client:
+    """One simulated client: its own tritonclient connection (the HTTP client is not thread-safe)."""
+
+    def __init__(self, url: str, protocol: str, endpoint: str, work: Workload):
+        if protocol == "grpc":
+            import tritonclient.grpc as module
+
+            self.client = module.InferenceServerClient(url)
+            self.kwargs = {"client_timeout": REQUEST_TIMEOUT_S}
+        else:
+            import tritonclient.http as module
+
+            self.client = module.InferenceServerClient(url, connection_timeout=REQUEST_TIMEOUT_S,
+                                                       network_timeout=REQUEST_TIMEOUT_S)
+            self.kwargs = {}
+        self.module, self.endpoint, self.work = module, endpoint, work
+
+    def _input(self, name: str, array: np.ndarray, dtype: str):
+        t = self.module.InferInput(name, list(array.shape), dtype)
+        t.set_data_from_numpy(array)
+        return t
+
+    def request(self, i: int) -> None:
+        w = self.work
+        if self.endpoint == "lcode":
+            L, tokens = w.l_planes[i % len(w.l_planes)], w.tokens[i % len(w.tokens)]
+            out = self.client.infer("lcode", [self._input("L", L, "FP32"), self._input("TOKENS", tokens, "INT64")],
+                                    **self.kwargs).as_numpy("AB")
+            if out is None or out.shape != (1, 2, *L.shape[2:]) or not np.isfinite(out).all():
+                raise ValueError(f"bad AB answer: {None if out is None else out.shape}")
+        else:
+            image = np.array([[w.images[i % len(w.images)]]], dtype=np.object_)  # [1, 1]
+            caption = np.array([[w.captions[i % len(w.captions)]]], dtype=np.object_)
+            out = self.client.infer("colorize", [self._input("IMAGE", image, "BYTES"),
+                                                 self._input("CAPTION", caption, "BYTES")], **self.kwargs)
+            png = out.as_numpy("COLORIZED")
+            if png is None or not bytes(png.reshape(-1)[0]).startswith(b"\x89PNG"):
+                raise ValueError("COLORIZED is not a PNG")
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # closing must not hide the run's figures
+            pass
+
+
+def run_load(
+    url: str,
+    protocol: str,
+    endpoint: str,
+    work: Workload,
+    requests: int,
+    concurrency: int,
+    server_pid: int | None = None,
+    warmup: int | None = None,
+    max_seconds: float = 600.0,
+) -> LoadResult:
+    """``concurrency`` client threads share ``requests`` requests; every answer is checked.
+
+    Each thread makes its own connection and warms it up (``warmup`` requests in all); the start
+    memory is read once every thread is warm, then all are released together.
+    """
+    assert protocol in PROTOCOLS and endpoint in ENDPOINTS and requests >= 1 and concurrency >= 1
+    warm_each = max(1, (warmup if warmup is not None else 2 * concurrency) // concurrency)
+    latencies: list[float] = []
+    errors: list[str] = []
+    samples: list[float] = []
+    lock = threading.Lock()
+    counter = iter(range(requests))
+    sample_every = max(1, requests // 10)
+    warm = threading.Barrier(concurrency + 1, timeout=REQUEST_TIMEOUT_S * (warm_each + 1))
+    go = threading.Event()
+    deadline = [math.inf]
+
+    def worker(index: int) -> None:
+        # geventhttpclient binds a connection to the thread that made it: make it here.
+        client = None
+        try:
+            client = _Client(url, protocol, endpoint, work)
+            for k in range(warm_each):
+                client.request(index + k)
+        except Exception as e:
+            with lock:
+                errors.append(f"warm-up: {type(e).__name__}: {e}"[:300])
+        try:
+            warm.wait()
+        except threading.BrokenBarrierError:
+            pass
+        go.wait()
+        try:
+            while client is not None and time.monotonic() < deadline[0]:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                t0 = time.perf_counter()
+                try:
+                    client.request(i)
+                except Exception as e:  # every failure counts, whatever its type
+                    with lock:
+                        errors.append(f"{type(e).__name__}: {e}"[:300])
+                    continue
+                dt = time.perf_counter() - t0
+                with lock:
+                    latencies.append(dt)
+                    if (len(latencies) + len(errors)) % sample_every == 0:
+                        samples.append(server_rss_mb(server_pid))
+        finally:
+            if client is not None:
+                client.close()
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    try:
+        warm.wait()
+    except threading.BrokenBarrierError:
+        log.warning("a client did not finish its warm-up in time")
+    rss_start = server_rss_mb(server_pid)
+    samples.append(rss_start)
+    started = time.perf_counter()
+    deadline[0] = time.monotonic() + max_seconds
+    go.set()
+    for t in threads:
+        t.join(max_seconds + REQUEST_TIMEOUT_S)
+    seconds = time.perf_counter() - started
+    rss_end = server_rss_mb(server_pid)
+    samples.append(rss_end)
+    ms = np.asarray(latencies) * 1e3
+    answered = len(latencies) + len(errors)
+    return LoadResult(
+        protocol=protocol,
+        endpoint=endpoint,
+        requests=answered,
+        concurrency=concurrency,
+        errors=len(errors) + (requests - answered),  # not answered in time counts as an error
+        error_samples=tuple(errors[:5]),
+        p50_ms=float(np.percentile(ms, 50)) if ms.size else float("nan"),
+        p99_ms=float(np.percentile(ms, 99)) if ms.size else float("nan"),
+        throughput_rps=len(latencies) / seconds if seconds > 0 else 0.0,
+        seconds=seconds,
+        rss_start_mb=rss_start,
+        rss_end_mb=rss_end,
+        rss_max_mb=float(np.nanmax(samples)) if samples else float("nan"),
+        rss_samples_mb=tuple(round(s, 1) for s in samples),
+    )
+
+
+def summary_line(r: LoadResult) -> str:
+    return (f"{r.protocol:4s} {r.endpoint:8s} {r.requests} requests x{r.concurrency}: errors {r.errors}, "
+            f"p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, {r.throughput_rps:.1f} req/s, "
+            f"server RSS {r.rss_start_mb:.0f} -> {r.rss_end_mb:.0f} MiB (max {r.rss_max_mb:.0f})")
+
+
+# ------------------------------------------------------------------------------ command line
+def _git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m langcolor.benchmarks.soak", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--requests", type=int, default=1000, help="requests per protocol and endpoint")
+    p.add_argument("--concurrency", type=int, default=16, help="concurrent clients")
+    p.add_argument("--protocol", choices=(*PROTOCOLS, "both"), default="both")
+    p.add_argument("--endpoint", choices=(*ENDPOINTS, "both"), default="both")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="stop each run after this long")
+    p.add_argument("--server", metavar="HOST", help="use a running server on HOST (with --grpc-port/--http-port)")
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--server-pid", type=int, help="pid of that server, for its memory figures")
+    p.add_argument("--model-repository", type=Path, default=None, help="default: the shipped one")
+    p.add_argument("--output", type=Path, help="also write the JSON here")
+    args = p.parse_args(argv)
+    if args.requests < 1 or args.concurrency < 1:
+        p.error("--requests and --concurrency must be at least 1")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    from langcolor.client.paths import default_model_repository
+    from langcolor.server.launcher import LOOPBACK, TritonServer, free_ports
+
+    repo = args.model_repository or default_model_repository()
+    work = default_workload(repo)
+    server = None
+    if args.server:
+        host, grpc_port, http_port, pid = args.server, args.grpc_port, args.http_port, args.server_pid
+    else:
+        http_port, grpc_port, metrics_port = free_ports(3)
+        server = TritonServer(repo, host=LOOPBACK, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+        server.start()
+        host, pid = LOOPBACK, server.process.pid
+    results = []
+    try:
+        for protocol in PROTOCOLS if args.protocol == "both" else (args.protocol,):
+            url = f"{host}:{grpc_port if protocol == 'grpc' else http_port}"
+            for endpoint in ENDPOINTS if args.endpoint == "both" else (args.endpoint,):
+                r = run_load(url, protocol, endpoint, work, args.requests, args.concurrency, pid,
+                             max_seconds=args.max_seconds)
+                print(summary_line(r), file=sys.stderr)
+                results.append(r)
+    finally:
+        if server is not None:
+            server.stop()
+    report = {
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": __import__("os").cpu_count()},
+        "git_revision": _git_revision(),
+        "model_repository": str(repo),
+        "runs": [asdict(r) | {"rss_growth_mb": r.rss_growth_mb} for r in results],
+        "errors": sum(r.errors for r in results),
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text + "\n")
+    return 0 if report["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
