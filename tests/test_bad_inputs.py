@@ -20,22 +20,10 @@ import pytest
 from PIL import Image
 
 import bad_inputs as table
-from bad_inputs import ACCEPTED, SKIPPED, BadInput, Context, photo_png
+from bad_inputs import ACCEPTED, KNOWN_DEFECTS, SKIPPED, BadInput, Context, photo_png
 from langcolor.client.errors import LangcolorError
 
 TIMEOUT_S = 120  # a hang fails the test instead of stalling the suite
-
-
-# Defects in files this suite's author does not own, reported to their owner; strict, so the fix
-# turns these into failures until the entry is removed.
-_TOKENIZER = "client/tokenizer.py: "
-KNOWN_DEFECTS = {
-    ("huge-word", "python"): _TOKENIZER + "CaptionError quotes the whole caption (100 kB message)",
-    ("huge-word", "cli"): _TOKENIZER + "CaptionError quotes the whole caption (100 kB on stderr)",
-    ("lone-surrogate", "python"): _TOKENIZER + "a str with a lone surrogate raises UnicodeEncodeError, not CaptionError",
-    ("lone-surrogate", "batch"): _TOKENIZER + "a str with a lone surrogate raises UnicodeEncodeError, not CaptionError",
-    ("invalid-utf8", "cli"): _TOKENIZER + "argv bytes arrive as surrogate escapes: UnicodeEncodeError traceback",
-}
 
 
 def _pairs(*boundaries: str, kinds: tuple[str, ...] | None = None) -> list:
@@ -341,3 +329,49 @@ def test_table_is_complete():
     assert required <= names, required - names
     assert len(table.TABLE) >= 30
     assert all(set(c.boundaries) <= set(table.BOUNDARIES) for c in table.TABLE)
+
+
+def test_bad_inputs_md_is_generated_from_the_table():
+    text = (Path(table.__file__).with_name("BAD_INPUTS.md")).read_text()
+    assert text == table.markdown(), "run: .venv/bin/python tests/bad_inputs.py"
+
+
+# ============================================================================ security defaults
+def test_serve_binds_to_loopback_unless_told(monkeypatch):
+    import argparse
+
+    from langcolor.server import serve
+    from langcolor.server.launcher import TritonServer
+
+    monkeypatch.delenv("LANGCOLOR_HOST", raising=False)
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    assert parser.parse_args([]).host == "127.0.0.1"
+    cmd = TritonServer("model_repository").command(Path("/backends"), Path("/bin/tritonserver"))
+    for flag in ("--http-address", "--grpc-address", "--metrics-address"):
+        assert f"{flag}=127.0.0.1" in cmd, cmd
+
+
+class _RunsCode:
+    """Unpickling this would run a shell command (what a hostile checkpoint does)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_checkpoint_loading_does_not_unpickle_code(tmp_path):
+    torch = pytest.importorskip("torch")
+    from langcolor.client.errors import ModelNotFoundError
+    from langcolor.export.checkpoint import load_checkpoint
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "langcolor", "config": _RunsCode(marker)}, path)
+    with pytest.raises(ModelNotFoundError, match="cannot read checkpoint"):
+        load_checkpoint(path)
+    assert not marker.exists()
