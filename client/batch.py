@@ -296,12 +296,13 @@ def run_batch(options: BatchOptions, colorizer: Any = None) -> BatchSummary:
     Raises ``LangcolorError`` when the job is refused (unsafe paths, collisions, a locked folder).
     """
     plan = plan_batch(options.source, options.output, options.captions, options.default_caption, options.format)
+    # The model (or the server) first: a refused connection or model leaves no empty output folder.
+    colorizer = colorizer if colorizer is not None else _load_colorizer(options)
     out_dir = Path(options.output).absolute()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise LangcolorError(f"cannot create output folder {out_dir}: {e.strerror or e}") from e
-    colorizer = colorizer if colorizer is not None else _load_colorizer(options)
     weights = model_identity(colorizer)
     started = time.perf_counter()
     work = [item for item in plan.items if item.caption is not None]
