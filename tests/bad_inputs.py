@@ -35,6 +35,7 @@ KIND_BOUNDARIES = {
     "image": ("python", "cli", "batch", "colorize-grpc", "colorize-http"),
     "caption": ("python", "cli", "batch", "colorize-grpc", "colorize-http"),
     "source": ("python", "cli", "batch"),
+    "array": ("python",),
     "tensor": ("python", "lcode-grpc", "lcode-http"),
     "request": ("colorize-grpc", "colorize-http"),
     "manifest": ("batch",),
@@ -190,6 +191,8 @@ CAPTIONS = [
     BadInput("control-chars", "caption", "BEL, ESC[31m, DEL inside the caption", ACCEPTED,
              lambda c: "a red\x07\x1b[31m circle\x7f"),
     BadInput("nul-in-caption", "caption", "a NUL byte inside the caption", ACCEPTED, lambda c: "a red\x00circle", cannot=_NO_CLI_NUL),
+    BadInput("caption-not-text", "caption", "caption that is a number (5), not text", r"caption must be (text|a string)",
+             lambda c: 5, cannot={"cli": "argv is text", "colorize-grpc": "BYTES on the wire", "colorize-http": "BYTES on the wire"}),
     BadInput("bidi-zero-width", "caption", "right-to-left override and zero-width spaces", ACCEPTED,
              lambda c: "\u202ea red\u200b circle\u2066"),
 ]
@@ -325,6 +328,11 @@ OUTPUTS = [
              lambda c, tmp: tmp / "archive" / "colour", cannot={"python": "no source tree", "cli": "no source tree"}),
     BadInput("source-missing", "source", "input photo that does not exist", r"no such file|does not exist",
              lambda c, tmp: tmp / "nowhere.png"),
+    BadInput("source-nul-path", "source", "input photo path with a NUL byte", r"NUL|no such file|cannot read",
+             lambda c, tmp: str(tmp / "photo.png") + "\x00.png",
+             cannot={"cli": "argv cannot hold a NUL byte", "batch": "see the manifest row nul-in-path"}),
+    BadInput("source-not-a-path", "source", "input photo given as an int (12345)", r"image|source|path",
+             lambda c, tmp: 12345, cannot={"cli": "argv is text", "batch": "manifest paths are strings (not-json row)"}),
     BadInput("source-directory", "source", "input photo that is a directory", r"is a directory",
              lambda c, tmp: _existing_dir(tmp), cannot={"batch": "a folder source is walked"}),
 ]
@@ -338,10 +346,23 @@ KNOWN_DEFECTS = {
     ("lone-surrogate", "python"): _TOKENIZER + "a str with a lone surrogate raises UnicodeEncodeError, not CaptionError",
     ("lone-surrogate", "batch"): _TOKENIZER + "a str with a lone surrogate raises UnicodeEncodeError, not CaptionError",
     ("invalid-utf8", "cli"): _TOKENIZER + "argv bytes arrive as surrogate escapes: UnicodeEncodeError traceback",
+    ("source-nul-path", "python"): "client/imageio.py: ValueError (embedded null byte), not ImageError",
+    ("source-not-a-path", "python"): "client/imageio.py: TypeError from Path(), not ImageError",
 }
 
 
-TABLE: list[BadInput] = IMAGES + CAPTIONS + TENSORS + REQUESTS + MANIFESTS + OUTPUTS
+ARRAYS = [  # numpy pixels handed to the Python API
+    BadInput("array-empty", "array", "pixel array of shape (0, 5)", r"shape", lambda c: np.zeros((0, 5), np.uint8)),
+    BadInput("array-nan", "array", "float pixel array of NaN", r"finite", lambda c: np.full((8, 8), np.nan, np.float32)),
+    BadInput("array-over-1", "array", "float pixel array with values up to 255", r"within \[0, 1\]",
+             lambda c: np.full((8, 8, 3), 255.0, np.float32)),
+    BadInput("array-two-channels", "array", "pixel array of shape (8, 8, 2)", r"shape", lambda c: np.zeros((8, 8, 2), np.uint8)),
+    BadInput("array-int64", "array", "int64 pixel array", r"dtype int64", lambda c: np.zeros((8, 8), np.int64)),
+    BadInput("array-uint16-rgba", "array", "uint16 RGBA array (alpha composited on white)", ACCEPTED,
+             lambda c: np.full((8, 8, 4), 40000, np.uint16)),
+]
+
+TABLE: list[BadInput] = IMAGES + CAPTIONS + TENSORS + REQUESTS + MANIFESTS + OUTPUTS + ARRAYS
 assert len({b.name for b in TABLE}) == len(TABLE), "bad input names must be unique"
 
 

@@ -91,7 +91,12 @@ def test_python_api(pair, ctx, colorizer, tmp_path):
             outcome = colorizer.colorize(photo_png(), case.make(ctx))
             assert outcome.rgb.shape == (128, 128, 3)
         elif case.kind == "source":
-            outcome = colorizer.colorize(str(case.make(ctx, tmp_path)), ctx.good_caption)
+            source = case.make(ctx, tmp_path)
+            outcome = colorizer.colorize(str(source) if isinstance(source, Path) else source, ctx.good_caption)
+        elif case.kind == "array":
+            pixels = case.make(ctx)
+            outcome = colorizer.colorize(pixels, ctx.good_caption)
+            assert outcome.rgb.shape == (*pixels.shape[:2], 3)
         elif case.kind == "tensor":
             L, tokens = case.make(ctx)
             ab = colorizer.infer_ab(L, tokens)
@@ -160,8 +165,8 @@ def image_and_caption_batch(ctx, colorizer, tmp_path_factory):
     src.mkdir()
     rows = []
     for case in table.cases("batch", ("image", "caption")):
-        if isinstance(case.make(ctx), bytes) and case.kind == "caption":
-            continue  # bytes cannot sit in a text manifest: tested as a manifest of their own below
+        if case.kind == "caption" and not isinstance(case.make(ctx), str):
+            continue  # refuses the whole manifest: tested as a manifest of its own below
         name = f"{case.name}.png"
         (src / name).write_bytes(case.make(ctx) if case.kind == "image" else photo_png())
         rows.append({"path": name, "caption": case.make(ctx) if case.kind == "caption" else ctx.good_caption})
@@ -178,11 +183,15 @@ def image_and_caption_batch(ctx, colorizer, tmp_path_factory):
 def test_batch_image_and_caption(pair, ctx, image_and_caption_batch, served_repository, tmp_path):
     case, where = pair
     expect = case.expect_at(where)
-    if isinstance(case.make(ctx), bytes) and case.kind == "caption":
-        manifest = tmp_path / "archive" / "list.csv"
+    if case.kind == "caption" and not isinstance(case.make(ctx), str):
+        caption = case.make(ctx)  # bytes go raw into a CSV, anything else into JSON
+        manifest = tmp_path / "archive" / ("list.csv" if isinstance(caption, bytes) else "list.jsonl")
         manifest.parent.mkdir()
         (manifest.parent / "photo.png").write_bytes(photo_png())
-        manifest.write_bytes(b"path,caption\nphoto.png," + case.make(ctx) + b"\n")
+        if isinstance(caption, bytes):
+            manifest.write_bytes(b"path,caption\nphoto.png," + caption + b"\n")
+        else:
+            manifest.write_text(json.dumps({"path": "photo.png", "caption": caption}) + "\n")
         proc = _batch_cli(manifest, tmp_path / "out", served_repository)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         _check_message(proc.stderr, case, where)
