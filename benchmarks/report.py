@@ -66,8 +66,35 @@ def machine_info() -> dict:
         "physical_cores": psutil.cpu_count(logical=False),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "other_busy_processes_at_start": busy_processes(),
         "gpus": gpu_names(),
     }
+
+
+def busy_processes(threshold_pct: float = 20.0, sample_s: float = 1.0) -> list[str]:
+    """Other processes using more than ``threshold_pct`` of a core over ``sample_s``: the run's neighbours."""
+    import time
+
+    import psutil
+
+    me = os.getpid()
+    procs = [p for p in psutil.process_iter(["pid", "name", "cmdline"]) if p.info["pid"] != me]
+    for p in procs:
+        try:
+            p.cpu_percent(None)
+        except psutil.Error:
+            pass
+    time.sleep(sample_s)
+    out = []
+    for p in procs:
+        try:
+            pct = p.cpu_percent(None)
+        except psutil.Error:
+            continue
+        if pct >= threshold_pct:
+            cmd = " ".join(p.info["cmdline"] or [p.info["name"] or "?"])[:100]
+            out.append(f"{pct:.0f}% {cmd}")
+    return sorted(out, reverse=True)
 
 
 def versions() -> dict:
@@ -172,6 +199,8 @@ def readme_tables(doc: dict) -> str:
     parts = [
         f"Run {doc['created']} on {m['cpu_model']} ({m['logical_cores']} logical cores, load {m['load_average_at_start']}), "
         f"git {doc['git_revision'][:12]}, peak {doc.get('peak', {}).get('gflops', float('nan')):.1f} GFLOP/s (fp32 matmul).\n",
+        ("Other processes busy at the start: " + "; ".join(f"`{x}`" for x in m["other_busy_processes_at_start"]) + "\n")
+        if m.get("other_busy_processes_at_start") else "No other process was busy at the start.\n",
         "### Targets\n", targets_markdown(doc),
         "### End to end, batch 1, one caller\n",
         markdown_table([r for r in rows if r["stage"] == "e2e" and r["batch"] == 1 and r["concurrency"] == 1

@@ -10,6 +10,7 @@ for each photo size. The machine's peak is measured first, in the same process.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -168,5 +169,6 @@ def run_bench(options: BenchOptions, output: Path) -> dict:
             run_prepost(ctx, models[config])
         doc["targets"] = evaluate_targets(doc["results"])
         doc["peak_after"] = asdict(measure_peak())  # a second look: did the machine's capacity move during the run?
+        doc["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         write_document(doc, output)
     return doc
