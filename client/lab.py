@@ -12,6 +12,8 @@ photo needs no gigabytes of temporaries and the working set stays in cache.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 L_MAX = 100.0  # CIE L* of white
@@ -40,6 +42,13 @@ _F_OFFSET = 16.0 / 116.0
 _F_EPSILON = 0.2068966  # f(_EPSILON): the same break point on the inverse side
 
 _CHUNK = 1 << 16  # pixels per working block
+
+_GAMUT_TOL = 1e-5  # linear RGB slack when testing "displayable" (float32 rounding)
+_LUT_L, _LUT_HUE = 201, 360  # gamut table: L every 0.5 unit, hue every degree (290 kB)
+_LUT_C_HIGH = 150.0  # above every sRGB chroma (the maximum, blue near L 32, is ~134)
+_LUT_MARGIN = 0.005  # the table's chroma is shrunk by this fraction before the exact check
+_NEWTON_SHRINK = 1e-3  # the Newton step is shortened by this fraction, so float error rarely overshoots
+_SRGB8_STEPS = 1 << 16  # sqrt(linear) -> uint8 table size
 
 
 def _pow(base: np.ndarray, exponent: float) -> np.ndarray:
@@ -129,33 +138,153 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     return _blockwise(_lab_to_rgb_block, lab)
 
 
-def _in_gamut(lab: np.ndarray, tol: float) -> np.ndarray:  # (N, 3) -> (N,) bool
-    lin = _lab_to_linear_block(lab)
-    return (lin.min(axis=1) >= -tol) & (lin.max(axis=1) <= 1.0 + tol)
+def _in_gamut(lin: np.ndarray, tol: float = _GAMUT_TOL) -> np.ndarray:  # linear RGB (N, 3) -> (N,) bool
+    # Column by column: numpy's min/max over a length-3 axis is several times slower.
+    r, g, b = lin[:, 0], lin[:, 1], lin[:, 2]
+    low = np.minimum(np.minimum(r, g), b)
+    high = np.maximum(np.maximum(r, g), b)
+    return (low >= -tol) & (high <= 1.0 + tol)
 
 
-def _fit_block(lab: np.ndarray, steps: int = 10, tol: float = 1e-5) -> np.ndarray:
-    """Scale (a, b) of out-of-gamut colours towards 0 by bisection, keeping L and hue.
+@functools.lru_cache(maxsize=1)
+def _chroma_lut() -> np.ndarray:
+    """C_max[L, hue]: the largest chroma sRGB shows at that lightness and hue, float32 (_LUT_L, _LUT_HUE + 1).
 
-    (L, 0, 0) is a gray and always inside the sRGB gamut for L in [0, 100], so the bisection has a
-    valid lower end; 10 halvings leave the chroma within 0.1% (< 0.11 Lab units) of the boundary.
+    Built once on first use by a 20-step bisection per grid point in float64 (~0.1 s); the last
+    column repeats the first so that interpolation wraps around the hue circle.
     """
-    lab = lab.copy()
-    lab[:, 0] = np.clip(lab[:, 0], 0.0, L_MAX)
-    out = ~_in_gamut(lab, tol)
-    if not out.any():
-        return lab
-    sub = lab[out]  # (M, 3)
-    lo = np.zeros(len(sub), dtype=np.float32)  # known inside
-    hi = np.ones(len(sub), dtype=np.float32)  # known outside
-    for _ in range(steps):
+    lightness = np.linspace(0.0, L_MAX, _LUT_L)
+    hue = np.arange(_LUT_HUE) * (2 * np.pi / _LUT_HUE)
+    grid_l, grid_h = (g.ravel() for g in np.meshgrid(lightness, hue, indexing="ij"))
+    cos_h, sin_h = np.cos(grid_h), np.sin(grid_h)
+    lo, hi = np.zeros_like(grid_l), np.full_like(grid_l, _LUT_C_HIGH)  # gray is inside; 150 is outside sRGB
+    for _ in range(20):  # 150 / 2^20: a millionth of a chroma unit
         mid = (lo + hi) / 2
-        inside = _in_gamut(np.column_stack([sub[:, 0], sub[:, 1:] * mid[:, None]]), tol)
+        inside = _in_gamut(_lab_to_linear_block(np.column_stack([grid_l, mid * cos_h, mid * sin_h])), 0.0)
         lo = np.where(inside, mid, lo)
         hi = np.where(inside, hi, mid)
-    sub[:, 1:] *= lo[:, None]
-    lab[out] = sub
-    return lab
+    table = lo.reshape(_LUT_L, _LUT_HUE)
+    return np.concatenate([table, table[:, :1]], axis=1).astype(np.float32)
+
+
+def _chroma_limit(lab: np.ndarray) -> np.ndarray:  # (M, 3) -> (M,) C_max, bilinear in (L, hue)
+    table = _chroma_lut()
+    li = lab[:, 0] * np.float32((_LUT_L - 1) / L_MAX)  # fractional row
+    hi = (np.arctan2(lab[:, 2], lab[:, 1]) % np.float32(2 * np.pi)) * np.float32(_LUT_HUE / (2 * np.pi))
+    l0 = np.minimum(li.astype(np.int32), _LUT_L - 2)
+    h0 = np.minimum(hi.astype(np.int32), _LUT_HUE - 1)
+    wl, wh = li - l0, hi - h0
+    flat, row = table.ravel(), _LUT_HUE + 1
+    i00 = l0 * row + h0
+    top = flat[i00] * (1 - wh) + flat[i00 + 1] * wh
+    bottom = flat[i00 + row] * (1 - wh) + flat[i00 + row + 1] * wh
+    return top * (1 - wl) + bottom * wl
+
+
+def _fit_scale(lab: np.ndarray, steps: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-gamut (M, 3), L in [0, 100] -> (scale (M,) for (a, b), linear RGB (M, 3) of the scaled colour).
+
+    1. Guess: the C_max table, shrunk by ``_LUT_MARGIN`` so that interpolation between grid points
+       almost never lands outside; an exact check follows, and the few guesses it rejects (sharp
+       corners of the gamut between grid points) are bisected on [0, guess].
+    2. Refine: one Newton step towards the nearest channel bound (each linear channel is a cubic in
+       the scale, its derivative known in closed form), checked exactly; a rejected step (0.1%)
+       is bisected between the verified scale and the step.
+    Every returned colour is verified displayable; its chroma is within 0.01% of the boundary for
+    the median colour and 0.6% at the 99th percentile (tests/test_lab.py measures it against a
+    fine bisection). That is two or three conversions per colour instead of eleven.
+    """
+    chroma = np.hypot(lab[:, 1], lab[:, 2])  # (M,) > 0: grays are always inside
+    scale = np.minimum(1.0, _chroma_limit(lab) * np.float32(1.0 - _LUT_MARGIN) / np.maximum(chroma, 1e-6))
+    scale = scale.astype(np.float32)
+    lin = _lab_to_linear_block(_scaled(lab, scale))
+    bad = ~_in_gamut(lin)
+    if bad.any():  # the guess is outside: bisect between the gray (inside) and the guess
+        scale[bad], lin[bad] = _bisect(lab[bad], np.zeros(int(bad.sum()), np.float32), scale[bad], steps)
+    step = _newton_step(lab, scale, lin)
+    target = np.minimum(1.0, scale + step).astype(np.float32)
+    moved = target > scale
+    sub = lab[moved]
+    lin_new = _lab_to_linear_block(_scaled(sub, target[moved]))
+    ok = _in_gamut(lin_new)
+    where = np.flatnonzero(moved)
+    scale[where[ok]], lin[where[ok]] = target[where[ok]], lin_new[ok]
+    over = where[~ok]
+    if len(over):  # the step went too far: the boundary lies between the two
+        scale[over], lin[over] = _bisect(lab[over], scale[over], target[over], steps // 2)
+    return scale, lin
+
+
+def _newton_step(lab: np.ndarray, scale: np.ndarray, lin: np.ndarray) -> np.ndarray:
+    """(M, 3) Lab, (M,) inside scale, (M, 3) its linear RGB -> (M,) step to the nearest channel bound,
+    by linearising each channel in the scale (shrunk by ``_NEWTON_SHRINK`` against float error)."""
+    f_y = (lab[:, 0] + 16.0) / 116.0
+    f_x = f_y + scale * lab[:, 1] / 500.0
+    f_z = f_y - scale * lab[:, 2] / 200.0
+
+    def slope(f):  # d f^-1 / d f: 3 f^2 on the cube branch, the line's slope on the toe
+        return np.where(f > _F_EPSILON, 3.0 * f * f, 1.0 / _KAPPA_SLOPE).astype(np.float32)
+
+    d_x = slope(f_x) * lab[:, 1] / 500.0  # (M,) dX/dscale (X / Xn)
+    d_z = np.where(f_z > 0.0, -slope(f_z) * lab[:, 2] / 200.0, 0.0)  # Z is clipped at f_z = 0
+    d_lin = d_x[:, None] * _RGB_FROM_XYZN_T[0] + d_z[:, None] * _RGB_FROM_XYZN_T[2]  # (M, 3)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(d_lin > 0, (1.0 - lin) / d_lin, np.where(d_lin < 0, -lin / d_lin, np.inf))  # (M, 3)
+    nearest = np.minimum(np.minimum(room[:, 0], room[:, 1]), room[:, 2])  # (M,)
+    return np.maximum(nearest, 0.0) * np.float32(1.0 - _NEWTON_SHRINK)
+
+
+def _bisect(lab: np.ndarray, lo: np.ndarray, hi: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scales with ``lo`` inside and ``hi`` outside -> (inside scale within (hi - lo) / 2^steps, its linear RGB)."""
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        inside = _in_gamut(_lab_to_linear_block(_scaled(lab, mid)))
+        lo = np.where(inside, mid, lo)
+        hi = np.where(inside, hi, mid)
+    return lo, _lab_to_linear_block(_scaled(lab, lo))
+
+
+def _scaled(lab: np.ndarray, scale: np.ndarray) -> np.ndarray:  # (M, 3), (M,) -> (M, 3) with ab * scale
+    out = lab.copy()
+    out[:, 1:] *= scale[:, None]
+    return out
+
+
+def _fit_linear_block(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3) -> (Lab with chroma fitted (N, 3), its linear RGB (N, 3)): one conversion for the
+    colours already inside, about two for the others."""
+    lab = lab.copy()
+    np.clip(lab[:, 0], 0.0, L_MAX, out=lab[:, 0])
+    lin = _lab_to_linear_block(lab)
+    out = ~_in_gamut(lin)
+    if out.any():
+        sub = lab[out]  # (M, 3)
+        scale, lin[out] = _fit_scale(sub)
+        sub[:, 1:] *= scale[:, None]
+        lab[out] = sub
+    return lab, lin
+
+
+def _fit_block(lab: np.ndarray) -> np.ndarray:
+    return _fit_linear_block(lab)[0]
+
+
+def _srgb8_lut() -> np.ndarray:
+    """uint8 sRGB level for each of ``_SRGB8_STEPS + 1`` points evenly spaced in sqrt(linear).
+
+    In the sqrt domain the sRGB curve's slope is at most ~1.5, so a table of 2^16 steps is off
+    the exact rounding by at most 0.006 of a level: a gather instead of a log and an exp per channel.
+    """
+    s = np.arange(_SRGB8_STEPS + 1, dtype=np.float64) / _SRGB8_STEPS
+    return np.round(_linear_to_srgb(s * s) * 255.0).astype(np.uint8)
+
+
+_SRGB8 = _srgb8_lut()
+
+
+def _linear_to_srgb8(lin: np.ndarray) -> np.ndarray:  # linear (N, 3) -> uint8 (N, 3), clipped
+    idx = np.sqrt(np.clip(lin, 0.0, 1.0)) * np.float32(_SRGB8_STEPS) + np.float32(0.5)
+    return _SRGB8[idx.astype(np.int32)]
 
 
 def fit_chroma_to_gamut(lab: np.ndarray) -> np.ndarray:
@@ -170,4 +299,19 @@ def fit_chroma_to_gamut(lab: np.ndarray) -> np.ndarray:
 
 def lab_to_rgb_keeping_l(lab: np.ndarray) -> np.ndarray:
     """``lab_to_rgb(fit_chroma_to_gamut(lab))`` in one pass over the pixels."""
-    return _blockwise(lambda block: _lab_to_rgb_block(_fit_block(block)), lab)
+    return _blockwise(lambda block: np.clip(_linear_to_srgb(_fit_linear_block(block)[1]), 0.0, 1.0), lab)
+
+
+def lab_to_srgb8_keeping_l(lab: np.ndarray) -> np.ndarray:
+    """CIELab ``[..., 3]`` -> sRGB uint8 ``[..., 3]``, chroma fitted to the gamut (L kept), rounded.
+
+    What ``reconstruct`` needs, without a float RGB image in between.
+    """
+    lab = np.asarray(lab)
+    if lab.shape[-1:] != (3,):
+        raise ValueError(f"expected an array of shape [..., 3], got {lab.shape}")
+    flat = lab.reshape(-1, 3)
+    out = np.empty(flat.shape, dtype=np.uint8)
+    for i in range(0, len(flat), _CHUNK):
+        out[i : i + _CHUNK] = _linear_to_srgb8(_fit_linear_block(flat[i : i + _CHUNK].astype(np.float32))[1])
+    return out.reshape(lab.shape)

@@ -12,10 +12,12 @@ of fine texture into the network's input), and upscaling ab is plain bilinear in
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from PIL import Image
 
-from .lab import L_MAX, lab_to_rgb_keeping_l, rgb_to_l
+from .lab import L_MAX, lab_to_srgb8_keeping_l, rgb_to_l
 
 _FILTER = Image.Resampling.BILINEAR
 
@@ -49,16 +51,58 @@ def upsample_ab(ab_small: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.stack([resize_plane(ab_small[c], width, height) for c in range(2)], axis=-1)  # [H, W, 2]
 
 
-def reconstruct(l_full: np.ndarray, ab_small: np.ndarray) -> np.ndarray:
+_BAND_PIXELS = 1 << 16  # pixels per band of rows: the Lab and RGB temporaries stay in cache
+
+
+def _row_weights(height: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear taps for stretching ``size`` rows to ``height`` (> size): PIL's pixel-centre
+    alignment, edges clamped. -> (first row (height,), second row (height,), weight of the second)."""
+    src = (np.arange(height) + 0.5) * (size / height) - 0.5
+    i0 = np.floor(src).astype(np.int64)
+    frac = (src - i0).astype(np.float32)
+    return np.clip(i0, 0, size - 1), np.clip(i0 + 1, 0, size - 1), frac
+
+
+def reconstruct(l_full: np.ndarray, ab_small: np.ndarray, threads: int = 1) -> np.ndarray:
     """(L ``[H, W]``, ab ``[2, S, S]``) -> RGB uint8 ``[H, W, 3]`` with the input's L.
 
     Colours that sRGB cannot show at that lightness have their chroma reduced (hue and L kept)
     rather than being clipped per channel, which would shift L.
+
+    Works in bands of rows: ab is stretched to the full width once (``[2, S, W]``, small), and
+    each band gets its rows interpolated, its Lab assembled and converted on the spot, so a
+    50-megapixel photo needs the output plus a few megabytes, not several full-size float
+    copies. ``threads`` > 1 converts bands in parallel (numpy releases the GIL).
     """
     assert l_full.ndim == 2, l_full.shape
+    assert ab_small.ndim == 3 and ab_small.shape[0] == 2, ab_small.shape
     h, w = l_full.shape
-    lab = np.empty((h, w, 3), dtype=np.float32)  # [H, W, 3]
-    lab[..., 0] = l_full
-    lab[..., 1:] = upsample_ab(ab_small, w, h)
-    rgb = lab_to_rgb_keeping_l(lab)  # [H, W, 3] in [0, 1]
-    return np.round(rgb * 255.0).astype(np.uint8)
+    size = ab_small.shape[1]
+    out = np.empty((h, w, 3), dtype=np.uint8)  # [H, W, 3]
+    if h <= size:  # shrinking rows (tiny photos): PIL's antialiased resize, all at once
+        lab = np.empty((h, w, 3), dtype=np.float32)  # [H, W, 3]
+        lab[..., 0] = l_full
+        lab[..., 1:] = upsample_ab(ab_small, w, h)
+        out[:] = lab_to_srgb8_keeping_l(lab)
+        return out
+    wide = np.stack([resize_plane(ab_small[c], w, size) for c in range(2)])  # [2, S, W]
+    r0, r1, frac = _row_weights(h, size)
+    rows = max(1, _BAND_PIXELS // w)
+
+    def band(top: int) -> None:
+        sl = slice(top, min(top + rows, h))
+        f = frac[sl, None]  # [b, 1]
+        lab = np.empty((sl.stop - top, w, 3), dtype=np.float32)  # [b, W, 3]
+        lab[..., 0] = l_full[sl]
+        for c in range(2):
+            lab[..., 1 + c] = wide[c, r0[sl]] * (1 - f) + wide[c, r1[sl]] * f  # [b, W]
+        out[sl] = lab_to_srgb8_keeping_l(lab)
+
+    tops = range(0, h, rows)
+    if threads > 1:
+        with ThreadPoolExecutor(threads, thread_name_prefix="langcolor-reconstruct") as pool:
+            list(pool.map(band, tops))
+    else:
+        for top in tops:
+            band(top)
+    return out

@@ -81,3 +81,42 @@ def test_upsample_ab_is_bilinear_and_exact_on_constants():
     up = upsample_ab(ramp, 4 * S, S)[..., 0]
     inner = up[:, 4:-4]  # away from the clamped borders, bilinear reproduces a linear ramp
     assert np.allclose(np.diff(inner, axis=1), 0.25, atol=1e-4)
+
+
+def _smooth_ab(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:S, :S] / S
+    return np.stack([70 * np.sin(6 * xx + rng.uniform(0, 6)) * np.cos(4 * yy), 90 * np.cos(5 * yy + 3 * xx)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("h,w", [(301, 457), (1200, 97), (S + 1, S)])
+def test_banded_reconstruct_matches_whole_image_conversion(h, w):
+    """The row bands (ab rows interpolated by hand) give what PIL's 2-D bilinear resize of the
+    whole ab plane followed by one conversion gives, within one level where rounding is at x.5."""
+    from langcolor.client.lab import lab_to_srgb8_keeping_l
+
+    rgb = skimage.data.coffee()[:h, :w] / 255.0 if h <= 400 else np.resize(skimage.data.coffee(), (h, w, 3)) / 255.0
+    l_full, _ = prepare_l(rgb, S)
+    ab = _smooth_ab(h)
+    lab = np.concatenate([l_full[..., None], upsample_ab(ab, w, h)], axis=-1)  # [H, W, 3]
+    whole = lab_to_srgb8_keeping_l(lab).astype(int)
+    banded = reconstruct(l_full, ab).astype(int)
+    assert np.abs(banded - whole).max() <= 1 and (banded != whole).mean() < 1e-3
+    assert np.array_equal(reconstruct(l_full, ab, threads=3), reconstruct(l_full, ab))  # threads change nothing
+
+
+def test_reconstruct_memory_is_the_output_plus_a_band():
+    """A 3-megapixel reconstruct allocates its uint8 output and a few small bands, not full-size
+    float copies (one such copy of Lab alone would be 36 MB)."""
+    import tracemalloc
+
+    h, w = 1500, 2000
+    l_full = np.tile(np.linspace(0, 100, w, dtype=np.float32), (h, 1))  # [H, W]
+    ab = _smooth_ab(1)
+    reconstruct(l_full[:200], ab)  # build the lazily computed tables outside the measurement
+    tracemalloc.start()
+    out = reconstruct(l_full, ab)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert out.shape == (h, w, 3)
+    assert peak < out.nbytes + 12e6, peak / 1e6
