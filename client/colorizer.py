@@ -17,8 +17,17 @@ from typing import Iterable, Union
 
 import numpy as np
 
-from .errors import LangcolorError
-from .imageio import DEFAULT_MAX_PIXELS, LoadedImage, encode_image, format_for_path, from_array, load_image
+from .errors import OutputError
+from .imageio import (
+    DEFAULT_JPEG_QUALITY,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_PNG_COMPRESSION,
+    LoadedImage,
+    encode_image,
+    format_for_path,
+    from_array,
+    load_image,
+)
 from .reconstruct import prepare_l, reconstruct
 from .runtime import ModelBundle, OnnxStages, check_model_inputs
 from .spec import ModelGeometry
@@ -79,6 +88,13 @@ class Colorizer:
     def tokenizer(self) -> CaptionTokenizer:
         return self.bundle.tokenizer
 
+    @property
+    def weights_sha256(self) -> str:
+        """The hash of the weights that colour the pixels: the one the server declares for the model
+        it serves, else the local manifest's. Records of finished work key on it."""
+        served = getattr(self._stages, "served_weights_sha256", None)  # RemoteStages only
+        return served or self.bundle.manifest.weights_sha256
+
     # ------------------------------------------------------------------ steps
     def prepare(self, source: Source) -> PreparedImage:
         if isinstance(source, LoadedImage):
@@ -101,8 +117,10 @@ class Colorizer:
         check_model_inputs(l_small, tokens, self.geometry)
         return self._stages.infer_ab(l_small, tokens)
 
-    def finish(self, prepared: PreparedImage, ab: np.ndarray) -> np.ndarray:
-        return reconstruct(prepared.l_full, ab)  # uint8 [H, W, 3]
+    def finish(self, prepared: PreparedImage, ab: np.ndarray, threads: int = 1) -> np.ndarray:
+        """ab ``[2, S, S]`` -> uint8 ``[H, W, 3]`` with the photo's own L; ``threads`` > 1 splits the
+        rows over a thread pool (worth it for one large photo; a batch already runs images in parallel)."""
+        return reconstruct(prepared.l_full, ab, threads=threads)  # uint8 [H, W, 3]
 
     # ------------------------------------------------------------------ whole jobs
     def colorize(self, source: Source, caption: str | bytes) -> ColorizeResult:
@@ -130,11 +148,21 @@ class Colorizer:
                 results.append(ColorizeResult(rgb, ab_one, captions[i].unknown, p.loaded.exif, p.loaded.icc))
         return results
 
-    def save(self, result: ColorizeResult, path: str | Path, like: LoadedImage | None = None) -> Path:
+    def save(
+        self,
+        result: ColorizeResult,
+        path: str | Path,
+        like: LoadedImage | None = None,
+        png_compression: int = DEFAULT_PNG_COMPRESSION,
+        jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    ) -> Path:
         """Write ``result`` (format from the extension), carrying EXIF/ICC; atomic, never partial."""
         exif, icc = (like.exif, like.icc) if like is not None else (result.exif, result.icc)
         path = Path(path)
-        data = encode_image(result.rgb, format_for_path(path), exif=exif, icc=icc)
+        data = encode_image(
+            result.rgb, format_for_path(path), exif=exif, icc=icc, png_compression=png_compression,
+            jpeg_quality=jpeg_quality,
+        )
         return write_atomically(path, data)
 
 
@@ -142,15 +170,15 @@ def check_output_path(path: str | Path) -> Path:
     """Fail before any work if ``path`` cannot receive a file: a directory, a missing or read-only folder."""
     path = Path(path)
     if path.is_dir():
-        raise LangcolorError(f"output '{path}' is a directory; give a file name such as {path / 'out.png'}")
+        raise OutputError(f"output '{path}' is a directory; give a file name such as {path / 'out.png'}")
     format_for_path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise LangcolorError(f"output folder '{parent}' does not exist")
+        raise OutputError(f"output folder '{parent}' does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise LangcolorError(f"output folder '{parent}' is not writable")
+        raise OutputError(f"output folder '{parent}' is not writable")
     if path.exists() and not os.access(path, os.W_OK):
-        raise LangcolorError(f"output '{path}' exists and is read-only")
+        raise OutputError(f"output '{path}' exists and is read-only")
     return path
 
 
@@ -160,7 +188,7 @@ def write_atomically(path: Path, data: bytes) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise LangcolorError(f"cannot write output '{path}': {e.strerror or e}") from e
+        raise OutputError(f"cannot write output '{path}': {e.strerror or e}") from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -170,7 +198,7 @@ def write_atomically(path: Path, data: bytes) -> Path:
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise LangcolorError(f"cannot write output '{path}': {e.strerror or e}") from e
+        raise OutputError(f"cannot write output '{path}': {e.strerror or e}") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

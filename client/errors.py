@@ -13,6 +13,10 @@ class ImageError(LangcolorError):
     """The input is not a decodable image, is truncated, empty, or too large."""
 
 
+class OutputError(LangcolorError):
+    """The output path cannot receive the file: a directory, a missing or read-only folder, a full disk."""
+
+
 class CaptionError(LangcolorError):
     """The caption is empty, too long for the model, not UTF-8, or has no known word."""
 

@@ -53,11 +53,40 @@ def test_colorize_writes_output_with_input_l(env, capsys, tmp_path):
     assert np.abs(rgb_to_lab(rgb / 255.0)[..., 1:]).mean() > 1.0  # colour was added
 
 
-def test_unknown_words_are_printed(env, capsys):
+def test_unknown_words_are_printed_once(env, capsys, caplog):
     repo, photo = env
-    code, out, _ = _run(capsys, photo, "-c", "a red zeppelin", "-o", "o.jpg", "--model-repository", repo)
+    code, out, err = _run(capsys, photo, "-c", "a red zeppelin", "-o", "o.jpg", "--model-repository", repo)
     assert code == 0 and "ignored unknown words: zeppelin" in out
+    shown = out + err + "".join(r.getMessage() for r in caplog.records)
+    assert shown.count("zeppelin") == 1, shown  # the printed line, not also a log warning
     assert Image.open("o.jpg").format == "JPEG"
+
+
+def test_png_compression_and_jpeg_quality_flags(env, capsys, tmp_path):
+    repo, photo = env
+    sizes, pixels = {}, {}
+    for level in ("0", "9"):
+        code, _, err = _run(capsys, photo, "-c", "a red car", "-o", f"p{level}.png", "--model-repository", repo,
+                            "--png-compression", level)
+        assert code == 0, err
+        sizes[level] = (tmp_path / f"p{level}.png").stat().st_size
+        pixels[level] = np.asarray(Image.open(tmp_path / f"p{level}.png"))
+    assert sizes["0"] > sizes["9"] and np.array_equal(pixels["0"], pixels["9"])  # same pixels, other zlib level
+    for q in ("30", "95"):
+        assert _run(capsys, photo, "-c", "a red car", "-o", f"q{q}.jpg", "--model-repository", repo, "--jpeg-quality", q)[0] == 0
+    assert (tmp_path / "q30.jpg").stat().st_size < (tmp_path / "q95.jpg").stat().st_size
+
+
+def test_weights_hash_and_output_errors_are_public(env, tmp_path):
+    from langcolor.client.colorizer import Colorizer, check_output_path
+    from langcolor.client.errors import LangcolorError, OutputError
+
+    repo, _ = env
+    col = Colorizer(model_repository=repo)
+    assert col.weights_sha256 == col.bundle.manifest.weights_sha256 == "toy"  # the toy manifest's hash
+    with pytest.raises(OutputError, match="is a directory"):
+        check_output_path(tmp_path)
+    assert issubclass(OutputError, LangcolorError)  # the CLI's one-line error, exit 2
 
 
 def _junk_files(tmp: Path) -> dict[str, Path]:

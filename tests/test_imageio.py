@@ -202,3 +202,25 @@ def test_from_array_matches_decoding_a_file(photo):
             from_array(bad)
     with pytest.raises(ImageError, match="exceeds"):
         from_array(photo, max_pixels=10)
+
+
+def test_png_compression_level_changes_size_not_pixels():
+    rgb = skimage.data.coffee()  # [400, 600, 3], a real photo
+    files = {level: encode_image(rgb, "PNG", png_compression=level) for level in (0, 1, 6, 9)}
+    for data in files.values():
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), rgb)  # lossless at every level
+    assert len(files[0]) > len(files[1]) > len(files[6]) >= len(files[9])
+    assert len(files[0]) > rgb.nbytes  # level 0 stores: the default must not be it
+    for bad in (-1, 10):
+        with pytest.raises(ImageError, match="0-9"):
+            encode_image(rgb, "PNG", png_compression=bad)
+
+
+def test_jpeg_quality_is_a_parameter():
+    rgb = skimage.data.coffee()
+    low, high = (encode_image(rgb, "JPEG", jpeg_quality=q) for q in (50, 95))
+    assert len(low) < len(high)
+    err = [np.abs(np.asarray(Image.open(io.BytesIO(d))).astype(int) - rgb).mean() for d in (low, high)]
+    assert err[1] < err[0]
+    with pytest.raises(ImageError, match="1-100"):
+        encode_image(rgb, "JPEG", jpeg_quality=0)
