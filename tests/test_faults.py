@@ -45,6 +45,19 @@ TIMEOUT_S = 300
 
 
 def _executed(protocol: str, url: str) -> dict[str, int]:
+    """Requests Triton executed per model, once the figures settle: Triton records a request's
+    statistics after sending its response, so an earlier test's last requests may still land."""
+    counts = _read_executed(protocol, url)
+    for _ in range(50):
+        time.sleep(0.2)
+        again = _read_executed(protocol, url)
+        if again == counts:
+            return counts
+        counts = again
+    raise AssertionError(f"Triton's statistics keep moving: {counts}")
+
+
+def _read_executed(protocol: str, url: str) -> dict[str, int]:
     """Requests Triton executed (succeeded or failed) per model, from its statistics extension."""
     if protocol == "grpc":
         import tritonclient.grpc as module
