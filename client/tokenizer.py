@@ -1,8 +1,15 @@
-"""Word-level caption tokenizer (Hugging Face ``tokenizers``), stored as ``tokenizer.json``.
+"""Caption tokenizers (Hugging Face ``tokenizers``), stored as ``tokenizer.json``.
 
-Lowercase, punctuation stripped, one id per known word, ``[PAD]`` = 0, ``[UNK]`` = 1, padded on the
-right to the fixed length T kept in the JSON's padding config. A caption longer than T words is an
-error, never cut; unknown words are reported to the caller. Imports no torch.
+Two kinds behind one class, told apart by the JSON's model type:
+
+- word level (L-CoDe): lowercase, punctuation stripped, one id per known word; a word outside the
+  vocabulary becomes ``[UNK]`` and a caption made only of such words is refused;
+- WordPiece (L-CoIns): the same normalisation plus accents stripped; a word outside the vocabulary
+  is split into known sub-words (``crimson`` -> ``c ##r ##im ##son``), so no caption is refused for
+  its vocabulary alone. Such words are still reported as unknown to the caller.
+
+``[PAD]`` = 0, ``[UNK]`` = 1, padded on the right to the fixed length T kept in the JSON's padding
+config. A caption longer than T ids is an error, never cut. Imports no torch.
 """
 
 from __future__ import annotations
@@ -13,8 +20,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
-from tokenizers.models import WordLevel
+from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+from tokenizers.models import WordLevel, WordPiece
+from tokenizers.trainers import WordPieceTrainer
 
 from .errors import CaptionError, ModelNotFoundError
 from .spec import PAD_ID
@@ -22,6 +30,8 @@ from .spec import PAD_ID
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
 UNK_ID = 1
+SUBWORD_PREFIX = "##"  # WordPiece continuation marker
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"  # every letter and digit, first and inside a word
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,13 @@ def _normalizer() -> normalizers.Normalizer:
     )
 
 
+def _wordpiece_normalizer() -> normalizers.Normalizer:
+    return normalizers.Sequence(
+        [normalizers.NFKD(), normalizers.StripAccents(), normalizers.Lowercase(),
+         normalizers.Replace(Regex(r"[^\w\s]|_"), " ")]
+    )
+
+
 class CaptionTokenizer:
     def __init__(self, tokenizer: Tokenizer, json_text: str) -> None:
         padding = tokenizer.padding
@@ -50,6 +67,7 @@ class CaptionTokenizer:
         self.max_tokens: int = int(padding["length"])
         self.vocab_size: int = tokenizer.get_vocab_size()
         self.sha256: str = hashlib.sha256(json_text.encode("utf-8")).hexdigest()
+        self.wordpiece: bool = isinstance(tokenizer.model, WordPiece)
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -65,6 +83,33 @@ class CaptionTokenizer:
         tok = Tokenizer(WordLevel(vocab, unk_token=UNK_TOKEN))
         tok.normalizer = norm
         tok.pre_tokenizer = pre
+        tok.enable_padding(length=int(max_tokens), pad_id=PAD_ID, pad_token=PAD_TOKEN, direction="right")
+        return cls.from_str(tok.to_str())
+
+    @classmethod
+    def train_wordpiece(cls, captions: Iterable[str], max_tokens: int, vocab_size: int) -> "CaptionTokenizer":
+        """A WordPiece vocabulary of at most ``vocab_size`` ids learnt from training captions.
+
+        Every letter and digit is in the vocabulary both as a word start and as a ``##`` continuation,
+        so any word of letters and digits encodes to known sub-words, never to ``[UNK]``."""
+        tok = Tokenizer(WordPiece(unk_token=UNK_TOKEN, continuing_subword_prefix=SUBWORD_PREFIX, max_input_chars_per_word=64))
+        tok.normalizer = _wordpiece_normalizer()
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tok.decoder = decoders.WordPiece(prefix=SUBWORD_PREFIX)
+        trainer = WordPieceTrainer(
+            vocab_size=int(vocab_size),
+            special_tokens=[PAD_TOKEN, UNK_TOKEN],  # ids 0 and 1, in this order
+            initial_alphabet=list(_ALPHABET),
+            continuing_subword_prefix=SUBWORD_PREFIX,
+            show_progress=False,
+        )
+        # One line with every character inside a word, so every "##c" continuation exists.
+        inner = " ".join("x" + c for c in _ALPHABET)
+        tok.train_from_iterator([*captions, inner], trainer=trainer)
+        # The trainer numbers tokens in hash order; renumber (specials first, then sorted) for stable ids.
+        learnt = sorted(t for t in tok.get_vocab() if t not in (PAD_TOKEN, UNK_TOKEN))
+        vocab = {PAD_TOKEN: PAD_ID, UNK_TOKEN: UNK_ID, **{t: i + 2 for i, t in enumerate(learnt)}}
+        tok.model = WordPiece(vocab, unk_token=UNK_TOKEN, continuing_subword_prefix=SUBWORD_PREFIX, max_input_chars_per_word=64)
         tok.enable_padding(length=int(max_tokens), pad_id=PAD_ID, pad_token=PAD_TOKEN, direction="right")
         return cls.from_str(tok.to_str())
 
@@ -115,6 +160,8 @@ class CaptionTokenizer:
         words = self.words_of(caption)
         if not words:
             raise CaptionError("caption is empty (no words after removing punctuation)")
+        if self.wordpiece:
+            return self._encode_wordpiece(caption, words)
         if len(words) > self.max_tokens:
             raise CaptionError(
                 f"caption has {len(words)} words; this model reads at most {self.max_tokens} "
@@ -125,6 +172,20 @@ class CaptionTokenizer:
         unknown = tuple(w for w, i in zip(words, ids) if i == UNK_ID)
         if len(unknown) == len(words):
             raise CaptionError(f"no word of the caption is known to the model: {' '.join(words)!r}")
+        padded = np.full(self.max_tokens, PAD_ID, dtype=np.int64)  # [T]
+        padded[: len(ids)] = ids
+        return EncodedCaption(ids=padded, words=tuple(words), unknown=unknown, length=len(ids))
+
+    def _encode_wordpiece(self, caption: str, words: list[str]) -> EncodedCaption:
+        enc = self._tok.encode(caption)
+        ids = [i for i, m in zip(enc.ids, enc.attention_mask) if m]  # padding dropped
+        if len(ids) > self.max_tokens:
+            raise CaptionError(
+                f"caption has {len(ids)} word pieces ({len(words)} words); this model reads at most "
+                f"{self.max_tokens} (shorten it; it is never cut silently)"
+            )
+        vocab = self._tok.get_vocab()
+        unknown = tuple(w for w in words if w not in vocab)  # split into sub-words (or [UNK])
         padded = np.full(self.max_tokens, PAD_ID, dtype=np.int64)  # [T]
         padded[: len(ids)] = ids
         return EncodedCaption(ids=padded, words=tuple(words), unknown=unknown, length=len(ids))
@@ -143,6 +204,8 @@ class CaptionTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Ids back to words (padding dropped); for logs and tests."""
+        if self.wordpiece:
+            return self._tok.decode([int(i) for i in ids if int(i) != PAD_ID], skip_special_tokens=False)
         inverse = {i: w for w, i in self._tok.get_vocab().items()}
         return " ".join(inverse.get(int(i), UNK_TOKEN) for i in ids if int(i) != PAD_ID)
 

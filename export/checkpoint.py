@@ -2,8 +2,9 @@
 
 A checkpoint is a plain dict saved with ``torch.save`` and read back with ``torch.load(weights_only=True)``:
 
-    format        "langcolor-lcode-v1"
-    config        LCoDeConfig as a dict (the network is rebuilt from this, never from CLI defaults)
+    format        "langcolor-lcode-v1" (the name predates the second family; both use it)
+    family        "lcode" or "lcoins" (absent in the first L-CoDe checkpoints: "lcode")
+    config        LCoDeConfig or LCoInsConfig as a dict (the network is rebuilt from this, never from CLI defaults)
     vocab_size    int
     state_dict    model weights and BatchNorm running statistics
     tokenizer     the exact tokenizer.json text
@@ -26,15 +27,29 @@ import torch
 from langcolor.client.errors import ModelNotFoundError
 from langcolor.client.tokenizer import CaptionTokenizer
 
-from .config import LCoDeConfig
+from torch import nn
+
+from .config import FAMILY, LCOINS_FAMILY, LCoDeConfig, LCoInsConfig, config_from_dict
 from .lcode import LCoDe
+from .lcoins import LCoIns
 
 FORMAT = "langcolor-lcode-v1"
+MODEL_CLASSES: dict[str, type[nn.Module]] = {FAMILY: LCoDe, LCOINS_FAMILY: LCoIns}
+
+
+def family_of(model_or_config) -> str:
+    cfg = getattr(model_or_config, "cfg", model_or_config)
+    return LCOINS_FAMILY if isinstance(cfg, LCoInsConfig) else FAMILY
+
+
+def build_network(family: str, config, vocab_size: int) -> nn.Module:
+    """A freshly initialised network of ``family`` (torch's current seed decides the weights)."""
+    return MODEL_CLASSES[family](config, vocab_size)
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    config: LCoDeConfig
+    config: LCoDeConfig | LCoInsConfig
     vocab_size: int
     state_dict: dict
     tokenizer_json: str
@@ -43,24 +58,25 @@ class Checkpoint:
     meta: dict = field(default_factory=dict)
     optimizer: dict | None = None
     scheduler: dict | None = None
+    family: str = FAMILY
 
     @property
     def tokenizer(self) -> CaptionTokenizer:
         return CaptionTokenizer.from_str(self.tokenizer_json)
 
-    def build_model(self) -> LCoDe:
-        """The network in eval mode with these weights."""
-        model = LCoDe(self.config, self.vocab_size)
+    def build_model(self) -> nn.Module:
+        """The network (LCoDe or LCoIns) in eval mode with these weights."""
+        model = build_network(self.family, self.config, self.vocab_size)
         model.load_state_dict(self.state_dict)
         return model.eval()
 
 
-def content_hash(config: LCoDeConfig | dict, tokenizer_json: str, state_dict: dict) -> str:
+def content_hash(config: LCoDeConfig | LCoInsConfig | dict, tokenizer_json: str, state_dict: dict) -> str:
     """sha256 over the config, the tokenizer text and every tensor (name, dtype, shape, bytes), in name
     order. A loaded checkpoint is hashed with its config dict as stored, so it stays valid when the
     config class gains a field."""
     h = hashlib.sha256()
-    raw = config.to_dict() if isinstance(config, LCoDeConfig) else config
+    raw = config if isinstance(config, dict) else config.to_dict()
     h.update(json.dumps(raw, sort_keys=True).encode())
     h.update(tokenizer_json.encode("utf-8"))
     for name in sorted(state_dict):
@@ -72,7 +88,7 @@ def content_hash(config: LCoDeConfig | dict, tokenizer_json: str, state_dict: di
 
 def save_checkpoint(
     path: str | Path,
-    model: LCoDe,
+    model: nn.Module,
     tokenizer: CaptionTokenizer,
     step: int,
     meta: dict | None = None,
@@ -86,6 +102,7 @@ def save_checkpoint(
     digest = content_hash(model.cfg.to_dict(), tokenizer.to_str(), state)
     payload = {
         "format": FORMAT,
+        "family": family_of(model),
         "config": model.cfg.to_dict(),
         "vocab_size": int(model.vocab_size),
         "state_dict": state,
@@ -115,7 +132,10 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
         raise ModelNotFoundError(f"cannot read checkpoint {path}: {e}") from e
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise ModelNotFoundError(f"{path} is not a {FORMAT} checkpoint")
-    config = LCoDeConfig.from_dict(raw["config"])
+    family = raw.get("family", FAMILY)
+    if family not in MODEL_CLASSES:
+        raise ModelNotFoundError(f"{path}: unknown model family {family!r}")
+    config = config_from_dict(family, raw["config"])
     if verify:
         digest = content_hash(raw["config"], raw["tokenizer"], raw["state_dict"])
         if digest != raw["sha256"]:
@@ -130,9 +150,10 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
         meta=dict(raw.get("meta", {})),
         optimizer=raw.get("optimizer"),
         scheduler=raw.get("scheduler"),
+        family=family,
     )
 
 
-def default_weights_path(config_name: str = "small") -> Path:
-    """Shipped weights inside the package: export/weights/lcode_<config>.pt."""
-    return Path(__file__).resolve().parent / "weights" / f"lcode_{config_name}.pt"
+def default_weights_path(config_name: str = "small", family: str = FAMILY) -> Path:
+    """Shipped weights inside the package: export/weights/<family>_<config>.pt."""
+    return Path(__file__).resolve().parent / "weights" / f"{family}_{config_name}.pt"

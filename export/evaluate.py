@@ -10,7 +10,15 @@ all-padding caption (the caption-free baseline), on the same gray images.
 - swap: the same gray image with every named colour replaced by another; share that follows the new one;
 - mismatch: share of objects the caption does not name whose nearest palette colour is one the
   caption names for something else (lower is better; their true colour never is);
-- PSNR (dB) and SSIM of the RGB image (true L + predicted ab) against the ground truth.
+- PSNR (dB) and SSIM of the RGB image (true L + predicted ab) against the ground truth;
+- instance accuracy (``instances.make_instance_scene``, test split): two instances of one shape,
+  each named its own colour by position or size; share of instances whose predicted colour is the
+  one named for *that* instance, over all instances, per scene (both right), on scenes whose gray
+  levels follow or contradict the usual colour-luminance correlation, and with the two colours
+  swapped in the caption. A model that cannot tell instances apart is capped near 50%.
+
+Both families are scored on the same scenes: captions are drawn with at most ``max_words`` words
+(L-CoDe's T = 16), and words a word-level tokenizer does not know are counted in ``unknown_words``.
 """
 
 from __future__ import annotations
@@ -25,8 +33,7 @@ from langcolor.client.lab import lab_to_rgb
 from langcolor.client.spec import PAD_ID
 from langcolor.client.tokenizer import CaptionTokenizer
 
-from . import synthetic
-from .lcode import LCoDe
+from . import instances, synthetic
 
 _PALETTE_AB = np.array([synthetic.PALETTE[c] for c in synthetic.COLOURS], dtype=np.float32)  # [K,2]
 
@@ -50,6 +57,13 @@ class EvalReport:
     psnr: Score
     ssim: Score
     heldout_pairs: dict  # "colour shape" -> Score, caption following per held-out pair
+    instance: Score  # instance accuracy, per instance
+    instance_scenes: Score  # both instances of a scene right
+    instance_natural: Score  # per instance, gray levels as usual (yellow bright, blue dark)
+    instance_contradicting: Score  # per instance, gray levels against the usual correlation
+    instance_swap: Score  # per instance, the two instance colours exchanged in the caption
+    instance_by_kind: dict  # "position" / "size" -> Score
+    unknown_words: dict  # word -> captions (test + instance) where the tokenizer did not know it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,7 +73,7 @@ class EvalReport:
 
 
 @torch.no_grad()
-def predict_ab(model: LCoDe, L: np.ndarray, tokens: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def predict_ab(model: torch.nn.Module, L: np.ndarray, tokens: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """L [N,1,S,S] in [0,100], tokens int64 [N,T] -> ab float32 [N,2,S,S]."""
     model.eval()
     out = []
@@ -138,9 +152,22 @@ def _fraction(hits: list[bool]) -> float:
     return float(np.mean(hits)) if hits else float("nan")
 
 
-def evaluate(model: LCoDe, tokenizer: CaptionTokenizer, scenes: int = 256, seed: int = 0) -> EvalReport:
+def max_words(cfg) -> int:
+    """Caption length of the evaluation scenes, in words: the same for both families (16)."""
+    return int(getattr(cfg, "max_words", cfg.max_tokens))
+
+
+def _unknown_words(tokenizer: CaptionTokenizer, captions: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for caption in captions:
+        for word in set(tokenizer.encode(caption).unknown):
+            counts[word] = counts.get(word, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def evaluate(model: torch.nn.Module, tokenizer: CaptionTokenizer, scenes: int = 256, seed: int = 0) -> EvalReport:
     cfg = model.cfg
-    size, T = cfg.image_size, cfg.max_tokens
+    size, T = cfg.image_size, max_words(cfg)
     test = synthetic.make_scenes(seed, "test", 0, scenes, size, T)
     held = synthetic.make_scenes(seed, "heldout", 0, scenes, size, T)
     rng = np.random.default_rng([seed, 99])
@@ -186,6 +213,28 @@ def evaluate(model: LCoDe, tokenizer: CaptionTokenizer, scenes: int = 256, seed:
                 pair[0].append(hit)
                 pair[1].append(hit0)
 
+    inst = instances.make_instance_scenes(seed, "test", 0, scenes, size, T)
+    inst_scenes = [i.scene for i in inst]
+    swapped = [instances.swap_instance_colours(i) for i in inst]
+    inst_ab, inst_base = run(inst_scenes, [s.caption for s in inst_scenes])
+    inst_swap_ab, _ = run(inst_scenes, [c for c, _ in swapped])
+    keys = ("inst", "both", "nat", "con", "iswap", "position", "size")
+    hits.update({k + z: [] for k in keys for z in ("", "0")})
+    for i, ab, base, sab, (_, new) in zip(inst, inst_ab, inst_base, inst_swap_ab, swapped):
+        both, both0 = True, True
+        for k in range(2):
+            o, m = i.scene.objects[k], i.scene.masks[k]
+            hit, hit0 = _region_colour(ab, m) == o.colour, _region_colour(base, m) == o.colour
+            both, both0 = both and hit, both0 and hit0
+            for key in ("inst", "con" if i.contradicts else "nat", i.kind):
+                hits[key].append(hit)
+                hits[key + "0"].append(hit0)
+            hits["iswap"].append(_region_colour(sab, m) == new[k])
+            hits["iswap0"].append(_region_colour(base, m) == new[k])
+        hits["both"].append(both)
+        hits["both0"].append(both0)
+    unknown = _unknown_words(tokenizer, [s.caption for s in test] + [s.caption for s in inst_scenes])
+
     quality = {"psnr": ([], []), "ssim": ([], [])}
     for s, ab, base in zip(test, test_ab, test_base):
         truth = _rgb(s.L, s.ab)
@@ -212,4 +261,11 @@ def evaluate(model: LCoDe, tokenizer: CaptionTokenizer, scenes: int = 256, seed:
         psnr=mean_score("psnr"),
         ssim=mean_score("ssim"),
         heldout_pairs={k: Score(_fraction(v[0]), _fraction(v[1]), len(v[0])) for k, v in sorted(per_pair.items())},
+        instance=score("inst"),
+        instance_scenes=score("both"),
+        instance_natural=score("nat"),
+        instance_contradicting=score("con"),
+        instance_swap=score("iswap"),
+        instance_by_kind={k: score(k) for k in ("position", "size")},
+        unknown_words=unknown,
     )

@@ -1,4 +1,7 @@
-"""Train L-CoDe on synthetic scenes: smooth-L1 on ab + BCE on the OCCM, Adam with cosine decay.
+"""Train a network on synthetic scenes, Adam with cosine decay.
+
+L-CoDe (``family="lcode"``): smooth-L1 on ab + BCE on the OCCM. L-CoIns (``family="lcoins"``):
+batches, augmentation and loss from ``lcoins_train`` (smooth-L1 on ab + the counter-colour loss).
 
 Data are drawn on the fly and deterministically: step ``k`` trains on training scenes
 ``k*B .. (k+1)*B - 1`` of the seed, so a resumed run sees exactly the batches an uninterrupted one
@@ -9,6 +12,7 @@ at the end; ``OUT/weights.pt`` (weights, config, tokenizer, hash; no optimizer) 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,8 +26,9 @@ from langcolor.client.spec import PAD_ID
 from langcolor.client.tokenizer import CaptionTokenizer
 
 from . import synthetic
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import LCoDeConfig, get_config
+from . import lcoins_train
+from .checkpoint import build_network, load_checkpoint, save_checkpoint
+from .config import FAMILY, LCOINS_FAMILY, LCoDeConfig, get_config
 from .lcode import LCoDe, count_parameters
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,13 @@ class TrainOptions:
     checkpoint_every: int = 200
     coco_images: str | None = None  # train on COCO-Stuff-style data (export/coco.py) instead of synthetic scenes
     coco_captions: str | None = None
+    family: str = FAMILY  # "lcode" or "lcoins"
+    # L-CoIns only (see lcoins_train):
+    instance_rate: float = 0.5  # share of each batch drawn from instance scenes
+    augment_rate: float = 0.5  # share of samples given luminance augmentation
+    gamma_max: float = 3.0  # gamma in [1, gamma_max] or its inverse (the paper: 5)
+    counter_weight: float = -1e-4  # beta of eq. 16; 0 leaves L_ctr out
+    warmup_steps: int = 100  # lcoins: linear learning-rate warm-up
 
 
 @dataclass(frozen=True)
@@ -102,7 +114,12 @@ def train(options: TrainOptions, out_dir: str | Path, resume: bool = True, progr
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, weights_path = out_dir / CHECKPOINT_FILE, out_dir / WEIGHTS_FILE
-    cfg = get_config(options.config)
+    family = options.family
+    cfg = get_config(options.config, family)
+    if family == LCOINS_FAMILY and (options.coco_images or options.coco_captions):
+        from langcolor.client.errors import LangcolorError
+
+        raise LangcolorError("COCO-style data is only wired for the lcode family")
     torch.manual_seed(options.seed)
 
     start, elapsed = 0, 0.0
@@ -116,20 +133,36 @@ def train(options: TrainOptions, out_dir: str | Path, resume: bool = True, progr
         saved = ckpt.meta.get("options", {})
         if saved and saved != asdict(options):
             log.warning("resuming %s with different options: saved %s, now %s", ckpt_path, saved, asdict(options))
-        tokenizer, model = ckpt.tokenizer, LCoDe(ckpt.config, ckpt.vocab_size)
+        tokenizer, model = ckpt.tokenizer, build_network(ckpt.family, ckpt.config, ckpt.vocab_size)
         if coco is not None:
             coco = CocoCaptions(coco.records, tokenizer, cfg.image_size)
         model.load_state_dict(ckpt.state_dict)
         cfg, start, elapsed = ckpt.config, ckpt.step, float(ckpt.meta.get("train_seconds", 0.0))
         log.info("resuming from %s at step %d", ckpt_path, start)
     else:
-        tokenizer = coco.tokenizer if coco is not None else build_tokenizer(cfg, options.seed, options.vocab_scenes)
-        model = LCoDe(cfg, tokenizer.vocab_size)
+        if family == LCOINS_FAMILY:
+            tokenizer = lcoins_train.build_tokenizer(cfg, options.seed, options.vocab_scenes)
+        else:
+            tokenizer = coco.tokenizer if coco is not None else build_tokenizer(cfg, options.seed, options.vocab_scenes)
+        model = build_network(family, cfg, tokenizer.vocab_size)
         ckpt = None
-    log.info("config %s: %d parameters, vocabulary %d words", cfg.name, count_parameters(model), tokenizer.vocab_size)
+    log.info("%s config %s: %d parameters, vocabulary %d", family, cfg.name, count_parameters(model), tokenizer.vocab_size)
+    if family == LCOINS_FAMILY:
+        batch_fn = lambda step: lcoins_train.make_batch(cfg, tokenizer, options, step)  # noqa: E731
+        loss_fn = lcoins_train.losses
+    else:
+        batch_fn = lambda step: make_batch(cfg, tokenizer, options, step, coco)  # noqa: E731
+        loss_fn = losses
 
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(options.steps, 1))
+    if family == LCOINS_FAMILY:  # transformers: linear warm-up, then the same cosine decay
+        warm = max(1, min(options.warmup_steps, options.steps // 4))
+        decay = max(options.steps - warm, 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda k: (k + 1) / warm if k < warm else 0.5 * (1 + math.cos(math.pi * min(k - warm, decay) / decay))
+        )  # plain floats (math, not numpy): the checkpoint must load with weights_only=True
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(options.steps, 1))
     if ckpt is not None and ckpt.optimizer is not None:
         optimizer.load_state_dict(ckpt.optimizer)
         scheduler.load_state_dict(ckpt.scheduler)
@@ -146,22 +179,22 @@ def train(options: TrainOptions, out_dir: str | Path, resume: bool = True, progr
     t0 = time.perf_counter()
     bar = tqdm(range(start, options.steps), initial=start, total=options.steps, disable=not progress, desc="train")
     for step in bar:
-        batch = make_batch(cfg, tokenizer, options, step, coco)
-        parts = losses(model, batch, options)
+        batch = batch_fn(step)
+        parts = loss_fn(model, batch, options)
         optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         scheduler.step()
         recent = (recent + [float(parts["total"].detach())])[-50:]
-        bar.set_postfix(ab=f"{parts['ab'].item():.3f}", occm=f"{parts['occm'].item():.3f}")
+        bar.set_postfix({k: f"{v.item():.3f}" for k, v in parts.items() if k != "total"})
         done = step + 1
         if done % options.checkpoint_every == 0 or done == options.steps:
             elapsed += time.perf_counter() - t0
             t0 = time.perf_counter()
             save_checkpoint(ckpt_path, model, tokenizer, done, meta(), optimizer, scheduler)
-            log.info("step %d: loss %.4f (ab %.4f, occm %.4f), %.0f s", done, np.mean(recent),
-                     parts["ab"].item(), parts["occm"].item(), elapsed)
+            log.info("step %d: loss %.4f (%s), %.0f s", done, np.mean(recent),
+                     ", ".join(f"{k} {v.item():.4f}" for k, v in parts.items() if k != "total"), elapsed)
     elapsed += time.perf_counter() - t0
     model.eval()
     digest = save_checkpoint(weights_path, model, tokenizer, options.steps, meta())

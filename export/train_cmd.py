@@ -1,4 +1,4 @@
-"""``langcolor train``: train an L-CoDe network on synthetic scenes, resumably."""
+"""``langcolor train``: train an L-CoDe or L-CoIns network on synthetic scenes, resumably."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .config import CONFIGS  # no torch: keeps `langcolor train --help` fast
+    from .config import CONFIGS, FAMILIES  # no torch: keeps `langcolor train --help` fast
 
+    parser.add_argument("--family", default="lcode", choices=list(FAMILIES),
+                        help="lcode: L-CoDe (CNN + Bi-LSTM); lcoins: L-CoIns (ViT + grouping transformer)")
     parser.add_argument("--config", default="small", choices=list(CONFIGS),
                         help="network size: small (shipped), full (paper), tiny (tests)")
     parser.add_argument("--steps", type=int, default=2400, help="optimisation steps in all (cosine decay spans them)")
@@ -22,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads; unset = torch's choice")
     parser.add_argument("--coco-images", type=Path, default=None, help="image folder of COCO-Stuff-style data")
     parser.add_argument("--coco-captions", type=Path, default=None, help="COCO captions JSON (with --coco-images)")
+    parser.add_argument("--instance-rate", type=float, default=0.5, help="lcoins: share of instance scenes per batch")
+    parser.add_argument("--augment-rate", type=float, default=0.5, help="lcoins: share of samples with luminance augmentation")
+    parser.add_argument("--counter-weight", type=float, default=-1e-4,
+                        help="lcoins: beta of the counter-colour loss (paper: -1e-4; 0 = off)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
 
@@ -48,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         coco_images=str(args.coco_images) if args.coco_images else None,
         coco_captions=str(args.coco_captions) if args.coco_captions else None,
+        family=args.family,
+        instance_rate=args.instance_rate,
+        augment_rate=args.augment_rate,
+        counter_weight=args.counter_weight,
     )
     result = train(options, args.out, resume=not args.fresh, progress=not args.no_progress)
     print(f"trained {result.steps} steps in {result.seconds:.0f} s, final loss {result.loss:.4f}")

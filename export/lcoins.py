@@ -1,0 +1,310 @@
+"""L-CoIns (paper 001, section 3): instance-aware language colorization with a grouping transformer.
+
+Three stages with the signatures of ``langcolor.client.spec.stage_specs``; the tensors between
+stages are image tokens, ``feature_shape = (P, D)``:
+
+    Encoder(L[B,1,S,S] f32, CIE L in [0,100])      -> FEATURES[B,P,D]   (gray x3, patches, ViT)
+    Fusion(FEATURES[B,P,D], TOKENS[B,T] int64)       -> MODULATED[B,P,D]  (language encoder, group
+                                                        tokens, modal-type embeddings, L grouping blocks)
+    Decoder(MODULATED[B,P,D])                        -> AB[B,2,S,S] f32   (reshape, transposed convs)
+
+The grouping layer (straight-through hard assignment, eqs. 11-12) and the counter-colour heads
+(eqs. 14-15) exist for the training loss only; they are not part of any stage.
+
+Departures from the paper, each for serving or for a model trained from scratch on a CPU:
+- the language encoder is a small BERT-style transformer trained from scratch over our own
+  WordPiece vocabulary (the paper starts from BERT's pretrained 30k dictionary);
+- padding is masked everywhere: as keys in the language self-attention (inner loop) and in the
+  group tokens' cross-attention to language (outer loop); padded language tokens are zeroed, so
+  their embedding never reaches a real token. An all-padding caption (the caption-free baseline)
+  closes the language -> group path entirely;
+- one query/key/value projection per block is shared by the three token kinds; the modal-type
+  embeddings (eq. 3) tell them apart.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from langcolor.client.lab import AB_SCALE, L_CENTER, L_SCALE
+from langcolor.client.spec import PAD_ID
+
+from .config import LCoInsConfig
+
+_MASKED_LOGIT = -1.0e4  # finite "minus infinity": an all-masked row stays finite in softmax
+_EPS = 1.0e-6
+IMG, LAG, GRP = 0, 1, 2  # modal types (eq. 3)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    B, N, D = x.shape
+    return x.reshape(B, N, heads, D // heads).transpose(1, 2)  # [B,H,N,dh]
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    B, H, N, dh = x.shape
+    return x.transpose(1, 2).reshape(B, N, H * dh)  # [B,N,D]
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention per head: q [B,H,Nq,dh], k/v [B,H,Nk,dh], key_mask bool [B,Nk]."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # [B,H,Nq,Nk]
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask[:, None, None, :], _MASKED_LOGIT)
+    return torch.softmax(scores, dim=-1) @ v  # [B,H,Nq,dh]
+
+
+class Mlp(nn.Sequential):
+    def __init__(self, dim: int, ratio: int) -> None:
+        super().__init__(nn.Linear(dim, dim * ratio), nn.GELU(), nn.Linear(dim * ratio, dim))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN self-attention block (ViT / BERT), with an optional key padding mask."""
+
+    def __init__(self, dim: int, heads: int, ratio: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.mlp = Mlp(dim, ratio)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)  # 3 x [B,N,D]
+        h = self.heads
+        x = x + self.proj(_merge(attend(_heads(q, h), _heads(k, h), _heads(v, h), key_mask)))  # [B,N,D]
+        return x + self.mlp(self.norm2(x))
+
+
+class Encoder(nn.Module):
+    """Image tokens: the gray image repeated to 3 channels, split into patches, a ViT."""
+
+    def __init__(self, cfg: LCoInsConfig) -> None:
+        super().__init__()
+        self.patchify = nn.Conv2d(3, cfg.dim, cfg.patch_size, stride=cfg.patch_size)  # linear patch embedding
+        self.pos = nn.Parameter(torch.randn(1, cfg.patches, cfg.dim) * 0.02)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.vit_layers))
+        self.norm = nn.LayerNorm(cfg.dim)
+
+    def forward(self, L: torch.Tensor) -> torch.Tensor:
+        x = ((L - L_CENTER) / L_SCALE).repeat(1, 3, 1, 1)  # [B,3,S,S] in [-1, 1]
+        x = self.patchify(x).flatten(2).transpose(1, 2) + self.pos  # [B,P,D]
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)  # [B,P,D]
+
+
+class LanguageEncoder(nn.Module):
+    """BERT-style: WordPiece embeddings + learnt positions, transformer blocks with a padding mask."""
+
+    def __init__(self, cfg: LCoInsConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, cfg.dim, padding_idx=PAD_ID)
+        self.pos = nn.Parameter(torch.randn(1, cfg.max_tokens, cfg.dim) * 0.02)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.text_layers))
+        self.norm = nn.LayerNorm(cfg.dim)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = tokens != PAD_ID  # [B,T]
+        keep = mask.unsqueeze(-1).float()  # [B,T,1]
+        x = (self.embed(tokens) + self.pos) * keep  # [B,T,D]
+        for block in self.blocks:
+            x = block(x, mask) * keep
+        return self.norm(x) * keep, mask  # [B,T,D], [B,T]
+
+
+class GroupingBlock(nn.Module):
+    """Eqs. 4-9: LN -> grouping attention -> residual, LN -> MLP -> residual over [img; lag; grp].
+
+    Inner loop (eq. 6): image tokens attend to image tokens, language tokens to language tokens.
+    Outer loop (eqs. 7-8): group tokens attend to each modality; each modality attends to the groups.
+    The outer loop runs groups first: eq. 8 reads the groups as eq. 7 just updated them. Computed
+    in parallel from the block input (one reading of the paper), a caption could reach the image
+    tokens only from the second block on, one hop per block; with the few blocks a CPU-trained
+    network affords, that path was too weak to learn (caption ignored after 600 steps).
+    Per token kind the two results are concatenated and projected (eq. 9): image and language
+    tokens take [inner, outer]; group tokens take [from image, from language].
+    """
+
+    def __init__(self, dim: int, heads: int, ratio: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.ModuleDict({k: nn.Linear(2 * dim, dim) for k in ("img", "lag", "grp")})
+        self.mlp = Mlp(dim, ratio)
+
+    def forward(self, img, lag, grp, mask, has_words):
+        h = self.heads
+        n_i, n_l = img.shape[1], lag.shape[1]
+        z = torch.cat([img, lag, grp], dim=1)  # [B,P+T+G,D]
+        q, k, v = (_heads(t, h) for t in self.qkv(self.norm1(z)).chunk(3, dim=-1))  # [B,H,N,dh]
+        qi, ql, qg = q[:, :, :n_i], q[:, :, n_i : n_i + n_l], q[:, :, n_i + n_l :]
+        ki, kl = k[:, :, :n_i], k[:, :, n_i : n_i + n_l]
+        vi, vl = v[:, :, :n_i], v[:, :, n_i : n_i + n_l]
+        # Outer loop, first half (eq. 7): the group tokens gather from both modalities.
+        grp_img = attend(qg, ki, vi)  # [B,H,G,dh]
+        grp_lag = attend(qg, kl, vl, mask) * has_words.view(-1, 1, 1, 1)  # closed without a caption
+        grp = grp + self.proj["grp"](torch.cat([_merge(grp_img), _merge(grp_lag)], -1))  # [B,G,D] eq. 9, 4
+        # Second half (eq. 8) reads the updated groups, so the caption reaches the image in this block.
+        _, kg, vg = (_heads(t, h) for t in self.qkv(self.norm1(grp)).chunk(3, dim=-1))  # [B,H,G,dh]
+        img_in, img_out = attend(qi, ki, vi), attend(qi, kg, vg)  # [B,H,P,dh] eq. 6, 8
+        lag_in, lag_out = attend(ql, kl, vl, mask), attend(ql, kg, vg)  # [B,H,T,dh]
+        keep = mask.unsqueeze(-1).float()  # [B,T,1]
+        img = img + self.proj["img"](torch.cat([_merge(img_in), _merge(img_out)], -1))  # [B,P,D] eq. 9, 4
+        lag = (lag + self.proj["lag"](torch.cat([_merge(lag_in), _merge(lag_out)], -1))) * keep  # [B,T,D]
+        z = torch.cat([img, lag, grp], dim=1)
+        z = z + self.mlp(self.norm2(z))  # eq. 5
+        return z[:, :n_i], z[:, n_i : n_i + n_l] * keep, z[:, n_i + n_l :]
+
+
+class Fusion(nn.Module):
+    """Image tokens + caption tokens -> colorized image tokens (language encoder + grouping transformer)."""
+
+    def __init__(self, cfg: LCoInsConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.language = LanguageEncoder(cfg, vocab_size)
+        self.groups = nn.Parameter(torch.randn(1, cfg.group_tokens, cfg.dim) * 0.02)  # T_grp
+        self.modal = nn.Embedding(3, cfg.dim)  # T'_img, T'_lag, T'_grp (eq. 3)
+        self.blocks = nn.ModuleList(GroupingBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.grouping_blocks))
+        self.norm = nn.LayerNorm(cfg.dim)
+
+    def fuse(self, features: torch.Tensor, tokens: torch.Tensor):
+        """-> (MODULATED [B,P,D], Z_img, Z_lag [B,T,D], Z_grp [B,G,D], mask [B,T]) after the last block."""
+        lag, mask = self.language(tokens)  # [B,T,D], [B,T]
+        has_words = (mask.long().sum(1) > 0).float()  # [B]
+        keep = mask.unsqueeze(-1).float()
+        img = features + self.modal.weight[IMG]  # [B,P,D]
+        lag = (lag + self.modal.weight[LAG]) * keep  # [B,T,D]
+        grp = (self.groups + self.modal.weight[GRP]).expand(features.shape[0], -1, -1)  # [B,G,D]
+        for block in self.blocks:
+            img, lag, grp = block(img, lag, grp, mask, has_words)
+        return self.norm(img), img, lag, grp, mask
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.fuse(features, tokens)[0]
+
+
+class Decoder(nn.Module):
+    """Eq. 10: image tokens reshaped to the patch grid, stride-2 transposed convolutions to S x S."""
+
+    def __init__(self, cfg: LCoInsConfig) -> None:
+        super().__init__()
+        self.dim, self.grid = cfg.dim, cfg.grid
+        layers: list[nn.Module] = []
+        c_in = cfg.dim
+        for c_out in cfg.dec_channels:
+            layers += [
+                nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c_out, c_out, 3, padding=1),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
+            c_in = c_out
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Conv2d(c_in, 2, 3, padding=1)
+
+    def forward(self, modulated: torch.Tensor) -> torch.Tensor:
+        x = modulated.transpose(1, 2).reshape(-1, self.dim, self.grid, self.grid)  # [B,D,g,g]
+        return torch.tanh(self.head(self.body(x))) * AB_SCALE  # [B,2,S,S]
+
+
+class GroupingLayer(nn.Module):
+    """Eqs. 11-12: each image token goes to its most similar group token (straight-through), and each
+    group token adds the weighted mean of its image tokens."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, img: torch.Tensor, grp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.q(grp) @ self.k(img).transpose(1, 2) / math.sqrt(img.shape[-1])  # A-bar logits [B,G,P]
+        soft = torch.softmax(logits, dim=1)  # over groups, per image token
+        hard = torch.zeros_like(soft).scatter_(1, soft.argmax(1, keepdim=True), 1.0)  # one group per column
+        assign = hard + soft - soft.detach()  # eq. 11, straight-through
+        merged = assign @ self.v(img) / (assign.sum(-1, keepdim=True) + _EPS)  # [B,G,D]
+        return grp + merged, hard  # eq. 12
+
+
+class CounterColour(nn.Module):
+    """Eqs. 14-15: language and group tokens in a shared space; sim = sigmoid(mean cosine)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.lag, self.grp = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    @staticmethod
+    def similarity(r_lag: torch.Tensor, mask: torch.Tensor, r_grp: torch.Tensor) -> torch.Tensor:
+        cos = nn.functional.normalize(r_lag, dim=-1) @ nn.functional.normalize(r_grp, dim=-1).transpose(1, 2)  # [B,T,G]
+        keep = mask.float().unsqueeze(-1)  # padding tokens are not part of the description
+        mean = (cos * keep).sum((1, 2)) / (keep.sum((1, 2)) * r_grp.shape[1]).clamp(min=1.0)  # [B]
+        return torch.sigmoid(mean)
+
+    def loss(self, real: tuple, pseudo: tuple) -> torch.Tensor:
+        """L_ctr (eq. 15, to be maximised): real/pseudo = (Z_lag, mask, Z-bar_grp) of each caption."""
+        r_l, m, r_g = self.lag(real[0]), real[1], self.grp(real[2])
+        p_l, pm, p_g = self.lag(pseudo[0]), pseudo[1], self.grp(pseudo[2])
+        sim = self.similarity
+        first = torch.log(sim(r_l, m, r_g) * (1 - sim(p_l, pm, r_g)) + _EPS)
+        second = torch.log(sim(p_l, pm, p_g) * (1 - sim(r_l, m, p_g)) + _EPS)
+        return (first + second).mean()
+
+
+class LCoIns(nn.Module):
+    def __init__(self, cfg: LCoInsConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = int(vocab_size)
+        self.encoder = Encoder(cfg)
+        self.fusion = Fusion(cfg, vocab_size)
+        self.decoder = Decoder(cfg)
+        self.grouping = GroupingLayer(cfg.dim)  # training only
+        self.counter = CounterColour(cfg.dim)  # training only
+        self.apply(_init)
+
+    def forward_train(self, L: torch.Tensor, tokens: torch.Tensor, pair_halves: bool = False):
+        """-> (ab [B,2,S,S], L_ctr scalar or None, hard assignment [B,G,P]).
+
+        With ``pair_halves`` the batch is [real; pseudo]: the same images twice, the second half's
+        captions with other colour words, and L_ctr (eq. 15) pairs sample i with sample i + B/2."""
+        features = self.encoder(L)  # [B,P,D]
+        modulated, img, lag, grp, mask = self.fusion.fuse(features, tokens)
+        grp_bar, hard = self.grouping(img, grp)  # [B,G,D]
+        ctr = None
+        if pair_halves:
+            h = L.shape[0] // 2
+            assert L.shape[0] == 2 * h, "pair_halves needs an even batch"
+            ctr = self.counter.loss((lag[:h], mask[:h], grp_bar[:h]), (lag[h:], mask[h:], grp_bar[h:]))
+        return self.decoder(modulated), ctr, hard
+
+    def forward(self, L: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (ab [B,2,S,S] in Lab units, hard group of each image token [B,P] int64)."""
+        modulated, img, _, grp, _ = self.fusion.fuse(self.encoder(L), tokens)
+        _, hard = self.grouping(img, grp)
+        return self.decoder(modulated), hard.argmax(1)
+
+    @property
+    def geometry(self):
+        return self.cfg.geometry(self.vocab_size)
+
+
+def _init(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
