@@ -170,7 +170,7 @@ IMAGES = [
 ]
 
 # ----------------------------------------------------------------------------- captions
-_TOO_MANY = r"words; this model reads at most"
+_TOO_MANY = r"this model reads at most"
 _NOT_UTF8 = r"caption is not valid UTF-8"
 _NO_CLI_NUL = {"cli": "argv cannot hold a NUL byte"}
 
