@@ -64,12 +64,15 @@ class Context:
     workdir: Path
     peak_gflops: float
     flops: dict[str, dict[str, float]] = field(default_factory=dict)  # config -> stage -> GFLOPs/image
+    output: Path | None = None  # rewritten after every row, so an interrupted run keeps what it measured
 
     def add(self, path: str, config: str, stage: str, device: str, precision: str, stats, **extra) -> dict:
         gf = self.flops.get(config, {}).get(stage)
         row = make_row(path, config, stage, device, precision, stats, gflops_per_image=gf,
                        peak_gflops=self.peak_gflops if device == "cpu" else None, **extra)
         self.doc["results"].append(row)
+        if self.output is not None:
+            write_document(self.doc, self.output)
         flag = "" if row["stable"] else f"  UNSTABLE: {row['unstable_reason']}"
         log.info("%-16s %-5s %-8s b=%-2d c=%-2d p50 %8.2f ms  p99 %8.2f ms  %8.2f img/s%s%s", path, config, stage,
                  row["batch"], row["concurrency"], row["p50_ms"], row["p99_ms"], row["throughput"],
@@ -158,7 +161,7 @@ def run_bench(options: BenchOptions, output: Path) -> dict:
         peak = measure_peak()
         doc["peak"] = asdict(peak)
         log.info("peak: %.1f GFLOP/s (float32 %dx%d matmul, %d threads; %s)", peak.gflops, peak.n, peak.n, peak.threads, peak.by_library)
-        ctx = Context(options, doc, workdir, peak.gflops)
+        ctx = Context(options, doc, workdir, peak.gflops, output=Path(output))
         models = {}
         for config in options.configs:
             models[config] = run_config(ctx, config)

@@ -127,7 +127,7 @@ class Budget:
 
 
 QUICK = Budget(warmup=2, min_repeats=12, max_repeats=200, max_seconds=6.0, round_size=6)
-FULL = Budget(warmup=3, min_repeats=20, max_repeats=1000, max_seconds=10.0, round_size=10)
+FULL = Budget(warmup=3, min_repeats=20, max_repeats=1000, max_seconds=8.0, round_size=10)
 
 
 def measure(call: Callable[[], object], batch: int, budget: Budget) -> LatencyStats:

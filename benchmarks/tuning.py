@@ -101,4 +101,4 @@ def run_tuning(ctx, bm: BenchModel) -> None:
             run_triton_variants(ctx, bm, ("delay=0",), (1, 8))
         return
     run_ort_variants(ctx, bm)
-    run_triton_variants(ctx, bm, tuple(n for n in TRITON_VARIANTS if n != "base"), (1, 4, 8))
+    run_triton_variants(ctx, bm, tuple(n for n in TRITON_VARIANTS if n != "base"), (1, 8))
