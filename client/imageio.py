@@ -82,7 +82,7 @@ def _open(source: str | Path | bytes) -> Image.Image:
         raise ImageError(f"{what}: corrupt image header ({e})") from e
 
 
-def _to_rgb(im: Image.Image) -> np.ndarray:  # -> float32 [H, W, 3] in [0, 1]
+def _to_rgb(im: Image.Image) -> np.ndarray:  # -> uint8 [H, W, 3], or float32 [H, W, 3] in [0, 1] for 16-bit/float
     mode = im.mode
     if mode in _GRAY16_MODES:
         gray = np.asarray(im).astype(np.float32) / 65535.0  # [H, W]
@@ -104,8 +104,11 @@ def _to_rgb(im: Image.Image) -> np.ndarray:  # -> float32 [H, W, 3] in [0, 1]
         im = Image.alpha_composite(white, im)
     if im.mode != "RGB":
         im = im.convert("RGB")  # 1, L, CMYK, YCbCr, LAB, HSV
-    rgb = np.asarray(im, dtype=np.float32)  # [H, W, 3], a fresh array
-    return np.divide(rgb, 255.0, out=rgb)  # in place: no second full-size float copy
+    return np.asarray(im)  # uint8 [H, W, 3]; the caller frees the PIL image before widening to float
+
+
+def _u8_to_float(rgb_u8: np.ndarray) -> np.ndarray:  # uint8 [H, W, 3] -> float32 in [0, 1], one allocation
+    return np.divide(rgb_u8, np.float32(255.0), dtype=np.float32)  # the same values as astype(float32) / 255
 
 
 def _upright_exif(raw: bytes | None) -> bytes | None:
@@ -135,14 +138,17 @@ def load_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS)
     try:
         im.load()  # decode everything now: a truncated file fails here, not halfway through inference
         exif = _upright_exif(im.info.get("exif"))
-        im = ImageOps.exif_transpose(im)
+        ImageOps.exif_transpose(im, in_place=True)  # not in place, it copies the whole image even when upright
         rgb = _to_rgb(im)
+        del im  # a 12 MP decode is 48 MB; let it go before the 144 MB float copy exists
     except ImageError as e:
         raise ImageError(f"{what}: {e}") from e
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         text = str(e)
         problem = "truncated or corrupt" if "truncat" in text or isinstance(e, EOFError) else "cannot decode"
         raise ImageError(f"{what}: {fmt} image is {problem} ({text})") from e
+    if rgb.dtype == np.uint8:
+        rgb = _u8_to_float(rgb)
     h2, w2 = rgb.shape[:2]
     return LoadedImage(rgb=rgb, exif=exif, icc=icc, format=fmt, mode=mode, size=(w2, h2))
 
