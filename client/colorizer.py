@@ -76,7 +76,11 @@ class Colorizer:
             from .remote import RemoteStages  # tritonclient is only needed for the server path
 
             self._stages = RemoteStages(
-                server, protocol=protocol, family=model, tokenizer_sha256=self.bundle.tokenizer.sha256
+                server,
+                protocol=protocol,
+                family=model,
+                tokenizer_sha256=self.bundle.tokenizer.sha256,
+                geometry=self.bundle.geometry,  # a different served model is refused on connect
             )
         self.server = server
 

@@ -16,6 +16,7 @@ Decisions a reader should know:
 from __future__ import annotations
 
 import io
+import os
 import struct
 import warnings
 from dataclasses import dataclass
@@ -58,16 +59,19 @@ def _open(source: str | Path | bytes) -> Image.Image:
     what = _describe(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
+    elif not isinstance(source, (str, os.PathLike)):
+        raise ImageError(f"image source must be a file path or bytes, got {type(source).__name__}")
     else:
-        path = Path(source)
         try:
-            data = path.read_bytes()
+            data = Path(source).read_bytes()
         except FileNotFoundError as e:
             raise ImageError(f"{what}: no such file") from e
         except IsADirectoryError as e:
             raise ImageError(f"{what}: is a directory, not an image file") from e
         except OSError as e:
             raise ImageError(f"{what}: cannot read ({e.strerror or e})") from e
+        except ValueError as e:  # e.g. an embedded NUL byte: no file can have that name
+            raise ImageError(f"{what!r}: not a valid file path ({e})") from e
     if not data:
         raise ImageError(f"{what}: empty file (0 bytes)")
     try:
@@ -145,8 +149,9 @@ def load_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise ImageError(f"{what}: {e}") from e
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         text = str(e)
-        problem = "truncated or corrupt" if "truncat" in text or isinstance(e, EOFError) else "cannot decode"
-        raise ImageError(f"{what}: {fmt} image is {problem} ({text})") from e
+        if "truncat" in text or isinstance(e, EOFError):
+            raise ImageError(f"{what}: {fmt} image is truncated or corrupt ({text})") from e
+        raise ImageError(f"{what}: cannot decode the {fmt} image ({text})") from e
     if rgb.dtype == np.uint8:
         rgb = _u8_to_float(rgb)
     h2, w2 = rgb.shape[:2]

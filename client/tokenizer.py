@@ -157,6 +157,10 @@ class CaptionTokenizer:
                 raise CaptionError(f"caption is not valid UTF-8 (byte {e.start})") from e
         if not isinstance(caption, str):
             raise CaptionError(f"caption must be text, got {type(caption).__name__}")
+        try:  # a lone surrogate (e.g. invalid UTF-8 from argv, escaped by Python) is not text
+            caption.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise CaptionError(f"caption is not valid UTF-8 (character {e.start})") from e
         words = self.words_of(caption)
         if not words:
             raise CaptionError("caption is empty (no words after removing punctuation)")
@@ -171,7 +175,7 @@ class CaptionTokenizer:
         ids = [vocab.get(w, UNK_ID) for w in words]
         unknown = tuple(w for w, i in zip(words, ids) if i == UNK_ID)
         if len(unknown) == len(words):
-            raise CaptionError(f"no word of the caption is known to the model: {' '.join(words)!r}")
+            raise CaptionError(f"no word of the caption is known to the model: {_shorten(' '.join(words))!r}")
         padded = np.full(self.max_tokens, PAD_ID, dtype=np.int64)  # [T]
         padded[: len(ids)] = ids
         return EncodedCaption(ids=padded, words=tuple(words), unknown=unknown, length=len(ids))
@@ -211,3 +215,10 @@ class CaptionTokenizer:
 
     def __repr__(self) -> str:
         return f"CaptionTokenizer(vocab_size={self.vocab_size}, max_tokens={self.max_tokens}, sha256={self.sha256[:12]})"
+
+
+_QUOTE_CHARS = 200  # longest piece of a caption quoted back in an error message
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _QUOTE_CHARS else f"{text[:_QUOTE_CHARS]}... ({len(text)} characters)"

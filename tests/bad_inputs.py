@@ -339,16 +339,7 @@ OUTPUTS = [
 
 # Open defects, in files owned elsewhere and reported to their owner: tests/test_bad_inputs.py
 # runs these pairs as strict xfails, so a fix shows up (as XPASS) until the entry is removed.
-_TOKENIZER = "client/tokenizer.py: "
-KNOWN_DEFECTS = {
-    ("huge-word", "python"): _TOKENIZER + "CaptionError quotes the whole caption (100 kB message)",
-    ("huge-word", "cli"): _TOKENIZER + "CaptionError quotes the whole caption (100 kB on stderr)",
-    ("lone-surrogate", "python"): _TOKENIZER + "a str with a lone surrogate raises UnicodeEncodeError, not CaptionError",
-    ("lone-surrogate", "batch"): _TOKENIZER + "a str with a lone surrogate raises UnicodeEncodeError, not CaptionError",
-    ("invalid-utf8", "cli"): _TOKENIZER + "argv bytes arrive as surrogate escapes: UnicodeEncodeError traceback",
-    ("source-nul-path", "python"): "client/imageio.py: ValueError (embedded null byte), not ImageError",
-    ("source-not-a-path", "python"): "client/imageio.py: TypeError from Path(), not ImageError",
-}
+KNOWN_DEFECTS: dict[tuple[str, str], str] = {}
 
 
 ARRAYS = [  # numpy pixels handed to the Python API
