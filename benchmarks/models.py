@@ -19,7 +19,7 @@ import torch
 
 from langcolor.client.errors import CaptionError, LangcolorError
 from langcolor.client.paths import default_model_repository
-from langcolor.client.spec import MANIFEST_FILE, PAD_ID, ModelGeometry
+from langcolor.client.spec import MANIFEST_FILE, PAD_ID, TOKENIZER_FILE, ModelGeometry
 from langcolor.client.tokenizer import CaptionTokenizer
 from langcolor.export.config import CONFIGS, LCoDeConfig
 from langcolor.export.lcode import LCoDe
@@ -79,7 +79,11 @@ def export_random(config: str, out_dir: Path, seed: int = 0) -> BenchModel:
     from langcolor.export.triton_repo import write_model_repository
 
     cfg = CONFIGS[config]
-    tokenizer = CaptionTokenizer.train(_captions(), cfg.max_tokens)
+    kept = Path(out_dir) / "lcode" / "1" / TOKENIZER_FILE
+    # A kept export's own tokenizer (training one from the same captions is not byte-identical run to run).
+    tokenizer = CaptionTokenizer.from_file(kept) if kept.is_file() else CaptionTokenizer.train(_captions(), cfg.max_tokens)
+    if tokenizer.max_tokens != cfg.max_tokens:
+        tokenizer = CaptionTokenizer.train(_captions(), cfg.max_tokens)
     torch.manual_seed(seed)
     model = LCoDe(cfg, tokenizer.vocab_size).eval()
     sha = content_hash(cfg, tokenizer.to_str(), model.state_dict())

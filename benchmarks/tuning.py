@@ -59,6 +59,27 @@ def run_ort_variants(ctx, bm: BenchModel, batches: tuple[int, ...] = (1, 8),
                     note="raw sessions, no input checks")
 
 
+def run_pytorch_threads(ctx, bm: BenchModel, threads: int = 1, batches: tuple[int, ...] = (1,)) -> None:
+    """PyTorch eager with ``threads`` intra-op threads: on a CPU shared with other jobs, torch's OpenMP
+    barriers wait for a descheduled thread at every small op (the LSTM steps in fusion above all)."""
+    import torch
+
+    from .paths import pytorch_runner
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        runner = pytorch_runner(bm)
+        for batch in batches:
+            L, tokens = bm.inputs(batch)
+            calls = runner.stage_calls(L, tokens)
+            for stage in ("fusion", E2E):
+                stats = measure(calls[stage], batch, ctx.options.budget)
+                ctx.add("pytorch", bm.config, stage, "cpu", "fp32", stats, variant=f"torch:threads={threads}")
+    finally:
+        torch.set_num_threads(before)
+
+
 def write_variant(repository: Path, out: Path, target: Target) -> Path:
     """Copy ``repository`` to ``out`` with the three stage configs regenerated for ``target``."""
     shutil.rmtree(out, ignore_errors=True)
@@ -100,5 +121,6 @@ def run_tuning(ctx, bm: BenchModel) -> None:
         else:
             run_triton_variants(ctx, bm, ("delay=0",), (1, 8))
         return
+    run_pytorch_threads(ctx, bm)
     run_ort_variants(ctx, bm)
     run_triton_variants(ctx, bm, tuple(n for n in TRITON_VARIANTS if n != "base"), (1, 8))
