@@ -19,7 +19,11 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "lcode_small.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="trained weights (.pt)")
+    parser.add_argument(
+        "--checkpoint", type=Path, action="append", default=None,
+        help="trained weights (.pt); repeat for several families in one repository (the first is the "
+        "colorize endpoint's default); unset = export/weights/lcode_small.pt",
+    )
     parser.add_argument(
         "--output", type=Path, default=default_model_repository(), help="model repository to (re)write"
     )
@@ -73,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .triton_repo import write_model_repository
 
+    paths = args.checkpoint or [DEFAULT_CHECKPOINT]
+    if len(paths) > 1:
+        return _run_multi(args, target, [(Path(p), load_checkpoint(p)) for p in paths])
+    args.checkpoint = paths[0]
     ckpt = load_checkpoint(args.checkpoint)
     model = ckpt.build_model()
     print(f"checkpoint {args.checkpoint} ({ckpt.config.name}, step {ckpt.step}, sha256 {ckpt.sha256[:12]})")
@@ -94,4 +102,21 @@ def run(args: argparse.Namespace) -> int:
     print("parity against PyTorch (onnxruntime CPU, FP32):")
     for line in repo.parity.summary_lines():
         print("  " + line)
+    return 0
+
+
+def _run_multi(args: argparse.Namespace, target, checkpoints) -> int:
+    from .multi_repo import write_multi_repository
+
+    for path, ckpt in checkpoints:
+        print(f"checkpoint {path} ({ckpt.family} {ckpt.config.name}, step {ckpt.step}, sha256 {ckpt.sha256[:12]})")
+    repos = write_multi_repository(checkpoints, args.output, target=target, max_pixels=args.max_pixels)
+    print(f"model repository {repos[0].root} ({target.backend} backend): "
+          f"{', '.join(r.manifest.geometry.family for r in repos)}; colorize calls {repos[0].manifest.geometry.family}")
+    for repo in repos:
+        g = repo.manifest.geometry
+        print(f"{g.family}: S={g.image_size}, T={g.max_tokens}, features {list(g.feature_shape)}, vocab {g.vocab_size}; "
+              "parity against PyTorch (onnxruntime CPU, FP32):")
+        for line in repo.parity.summary_lines():
+            print("  " + line)
     return 0

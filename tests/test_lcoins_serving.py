@@ -1,0 +1,76 @@
+"""The second family beside the first: one repository with lcode and lcoins, in-process and served.
+
+Runs on the served repository (the shipped ``model_repository/`` when it is a python-backend
+export); skips when that repository holds no ``lcoins`` family.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from langcolor.client.colorizer import Colorizer
+from langcolor.client.errors import CaptionError
+from langcolor.client.runtime import ModelBundle
+
+PHOTO_CAPTION = "the left square is crimson and the right square is blue"
+
+
+@pytest.fixture(scope="module")
+def lcoins_repository(served_repository):
+    if not (served_repository.path / "lcoins" / "1" / "langcolor.json").is_file():
+        pytest.skip("the served repository has no lcoins family")
+    return served_repository.path
+
+
+def _photo(tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    path = tmp_path / "coffee.png"
+    Image.fromarray(data.coffee()[::4, ::4]).save(path)
+    return path
+
+
+def test_both_families_load_from_one_repository_with_their_own_tokenizers(lcoins_repository):
+    lcode = ModelBundle.load(lcoins_repository, family="lcode")
+    lcoins = ModelBundle.load(lcoins_repository, family="lcoins")
+    assert lcode.tokenizer.sha256 != lcoins.tokenizer.sha256
+    assert not lcode.tokenizer.wordpiece and lcoins.tokenizer.wordpiece
+    assert len(lcoins.geometry.feature_shape) == 2 and len(lcode.geometry.feature_shape) == 3
+    # A word neither model was trained on: lcode ignores it, lcoins reads its word pieces.
+    assert lcode.tokenizer.encode(PHOTO_CAPTION).unknown == ("left", "crimson", "right")
+    enc = lcoins.tokenizer.encode(PHOTO_CAPTION)
+    assert enc.unknown == ("crimson",) and enc.length > len(enc.words)
+    with pytest.raises(CaptionError):
+        lcode.tokenizer.encode("crimson vermilion")  # only unknown words: refused by the word-level model
+
+
+def test_lcoins_colorizes_in_process_and_keeps_the_photo_luminance(lcoins_repository, tmp_path):
+    from langcolor.client.lab import rgb_to_lab
+
+    photo = _photo(tmp_path)
+    colorizer = Colorizer(model="lcoins", model_repository=lcoins_repository)
+    result = colorizer.colorize(photo, PHOTO_CAPTION)
+    prepared = colorizer.prepare(photo)
+    assert result.rgb.shape == prepared.loaded.rgb.shape[:2] + (3,) and result.rgb.dtype == np.uint8
+    assert result.unknown_words == ("crimson",)
+    L_out = rgb_to_lab(result.rgb.astype(np.float32) / 255.0)[..., 0]
+    assert np.abs(L_out - prepared.l_full).mean() < 2.0  # the original L is put back
+
+
+def test_served_lcoins_matches_in_process(lcoins_repository, served_repository, server_url, protocol, tmp_path):
+    local = Colorizer(model="lcoins", model_repository=lcoins_repository)
+    remote = Colorizer(model="lcoins", server=server_url, protocol=protocol, model_repository=lcoins_repository)
+    rng = np.random.default_rng(0)
+    S = local.geometry.image_size
+    L = rng.uniform(0, 100, size=(3, 1, S, S)).astype(np.float32)  # [B,1,S,S]
+    captions = ["a red circle", "the small square is blue and the big square is green", PHOTO_CAPTION]
+    tokens = np.stack([local.encode_caption(c).ids for c in captions])  # [B,T]
+    want = local.infer_ab(L, tokens)
+    got = remote.infer_ab(L, tokens)
+    assert got.shape == want.shape == (3, 2, S, S)
+    assert np.abs(got - want).max() < 1e-3
+    # The default family on the same server is untouched and still answers with its own geometry.
+    lcode = Colorizer(server=server_url, protocol=protocol, model_repository=lcoins_repository)
+    assert lcode.geometry.family == "lcode" and lcode.colorize(_photo(tmp_path), "a red circle").rgb.ndim == 3
