@@ -39,7 +39,8 @@ class EncodedCaption:
     ids: np.ndarray  # int64 [T], right-padded with PAD_ID
     words: tuple[str, ...]  # the caption's words after normalisation, in order
     unknown: tuple[str, ...]  # words the model does not know (mapped to [UNK]), in order
-    length: int  # number of words (non-padding ids)
+    length: int  # number of non-padding ids (words; word pieces for WordPiece)
+    split: tuple[str, ...] = ()  # WordPiece: words outside the vocabulary, read as known sub-words
 
 
 def _normalizer() -> normalizers.Normalizer:
@@ -189,10 +190,21 @@ class CaptionTokenizer:
                 f"{self.max_tokens} (shorten it; it is never cut silently)"
             )
         vocab = self._tok.get_vocab()
-        unknown = tuple(w for w in words if w not in vocab)  # split into sub-words (or [UNK])
+        # A word becomes [UNK] only when it holds a character outside the alphabet (e.g. CJK): ignored.
+        unknown = tuple(w for w, piece in zip(words, self._first_pieces(enc)) if piece == UNK_ID)
+        split = tuple(w for w in words if w not in vocab and w not in unknown)
         padded = np.full(self.max_tokens, PAD_ID, dtype=np.int64)  # [T]
         padded[: len(ids)] = ids
-        return EncodedCaption(ids=padded, words=tuple(words), unknown=unknown, length=len(ids))
+        return EncodedCaption(ids=padded, words=tuple(words), unknown=unknown, length=len(ids), split=split)
+
+    @staticmethod
+    def _first_pieces(enc) -> list[int]:
+        """The first id of each word, in word order."""
+        first: dict[int, int] = {}
+        for token_id, word in zip(enc.ids, enc.word_ids):
+            if word is not None and word not in first:
+                first[word] = token_id
+        return [first[k] for k in sorted(first)]
 
     def encode_batch(self, captions: Sequence[str | bytes]) -> np.ndarray:
         """-> int64 [B,T]; a bad caption raises CaptionError naming its index."""

@@ -230,3 +230,33 @@ def test_tiny_lcoins_trains_resumes_and_evaluates(tmp_path):
     report = evaluate(model, ckpt.tokenizer, scenes=4, seed=3)
     assert report.instance.count == 8 and 0.0 <= report.instance.model <= 1.0
     assert report.unknown_words == {}  # WordPiece knows every word of the scenes
+
+
+# ------------------------------------------------------------------------------------ tokenizer
+def test_wordpiece_reads_unseen_words_as_pieces_and_never_refuses_for_vocabulary():
+    from langcolor.client.errors import CaptionError
+    from langcolor.client.tokenizer import CaptionTokenizer
+
+    tok = CaptionTokenizer.train_wordpiece(["the left square is red", "a small blue circle"] * 20, 24, 100)
+    assert tok.wordpiece and tok.vocabulary["[PAD]"] == 0 and tok.vocabulary["[UNK]"] == 1
+    enc = tok.encode("The LEFT square is Crimson!")
+    assert enc.words == ("the", "left", "square", "is", "crimson") and enc.split == ("crimson",)
+    assert enc.unknown == () and enc.length > 5 and 1 not in enc.ids.tolist()  # pieces, never [UNK]
+    assert tok.decode(enc.ids) == "the left square is crimson"
+    assert tok.encode("zyxwvut qq").length >= 2  # only unseen words: still read, not refused
+    assert tok.encode("café").ids.tolist() == tok.encode("cafe").ids.tolist()  # accents stripped
+    with pytest.raises(CaptionError, match="word pieces"):
+        tok.encode("supercalifragilistic expialidocious")  # more pieces than T = 24: refused, never cut
+    again = CaptionTokenizer.from_str(tok.to_str())
+    assert again.sha256 == tok.sha256 and again.wordpiece
+
+
+def test_the_shipped_lcode_tokenizer_is_unchanged():
+    from langcolor.client.tokenizer import CaptionTokenizer
+    from langcolor.export.checkpoint import default_weights_path
+
+    tok = load_checkpoint(default_weights_path("small", "lcode")).tokenizer
+    assert tok.sha256 == "c893df82450db36290f9f83e1720c8512b4fcfda1412a9669ec43e196d4623b6" and not tok.wordpiece
+    enc = tok.encode("the left circle is red")
+    assert enc.unknown == ("left",) and enc.split == () and enc.length == 5
+    assert isinstance(tok, CaptionTokenizer)

@@ -41,7 +41,8 @@ def test_both_families_load_from_one_repository_with_their_own_tokenizers(lcoins
     # A word neither model was trained on: lcode ignores it, lcoins reads its word pieces.
     assert lcode.tokenizer.encode(PHOTO_CAPTION).unknown == ("left", "crimson", "right")
     enc = lcoins.tokenizer.encode(PHOTO_CAPTION)
-    assert enc.unknown == ("crimson",) and enc.length > len(enc.words)
+    assert enc.unknown == () and enc.split == ("crimson",) and enc.length > len(enc.words)
+    assert lcoins.tokenizer.encode("a red 日本 circle").unknown == ("日本",)  # no letters it knows: ignored
     with pytest.raises(CaptionError):
         lcode.tokenizer.encode("crimson vermilion")  # only unknown words: refused by the word-level model
 
@@ -54,7 +55,7 @@ def test_lcoins_colorizes_in_process_and_keeps_the_photo_luminance(lcoins_reposi
     result = colorizer.colorize(photo, PHOTO_CAPTION)
     prepared = colorizer.prepare(photo)
     assert result.rgb.shape == prepared.loaded.rgb.shape[:2] + (3,) and result.rgb.dtype == np.uint8
-    assert result.unknown_words == ("crimson",)
+    assert result.unknown_words == ()  # "crimson" is read as word pieces, not ignored
     L_out = rgb_to_lab(result.rgb.astype(np.float32) / 255.0)[..., 0]
     assert np.abs(L_out - prepared.l_full).mean() < 2.0  # the original L is put back
 
