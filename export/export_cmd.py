@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", type=Path, action="append", default=None,
         help="trained weights (.pt); repeat for several families in one repository (the first is the "
-        "colorize endpoint's default); unset = export/weights/lcode_small.pt",
+        "colorize endpoint's default); unset = the shipped export/weights/lcode_small.pt, then "
+        "lcoins_small.pt when present (the committed model_repository/ holds both)",
     )
     parser.add_argument(
         "--output", type=Path, default=default_model_repository(), help="model repository to (re)write"
@@ -77,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .triton_repo import write_model_repository
 
-    paths = args.checkpoint or [DEFAULT_CHECKPOINT]
+    shipped = [DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT.with_name("lcoins_small.pt")]
+    paths = args.checkpoint or [p for p in shipped if p.is_file()] or shipped[:1]
     if len(paths) > 1:
         return _run_multi(args, target, [(Path(p), load_checkpoint(p)) for p in paths])
     args.checkpoint = paths[0]
