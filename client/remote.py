@@ -73,12 +73,21 @@ def _status(e: Exception) -> str:
     return str(status() if callable(status) else status or "")
 
 
+try:  # tritonclient's HTTP transport; absent when only the gRPC extra is installed
+    from geventhttpclient.response import HTTPConnectionClosed as _HTTPConnectionClosed
+except ImportError:  # pragma: no cover
+    class _HTTPConnectionClosed(Exception):  # type: ignore[no-redef]
+        pass
+
+
 def _is_transient(e: Exception) -> bool:
     """Worth retrying: the request never reached a model, or the server is restarting."""
     if isinstance(e, (ConnectionError, TimeoutError)):
         return True
     if isinstance(e, OSError) and not hasattr(e, "message"):
         return True  # socket-level failures from geventhttpclient
+    if isinstance(e, _HTTPConnectionClosed):
+        return True  # the HTTP server went away mid-request (killed, restarting); inference is idempotent
     return "UNAVAILABLE" in _status(e) or _status(e) in ("502", "503")
 
 
