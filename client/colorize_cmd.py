@@ -71,5 +71,7 @@ def run(args: argparse.Namespace) -> int:
     where = f"server {args.server} ({args.protocol})" if args.server else "in-process"
     if encoded.unknown:
         print(f"ignored unknown words: {' '.join(encoded.unknown)}")
+    if encoded.split:  # WordPiece models read words outside their vocabulary as known pieces
+        print(f"words outside the vocabulary, read as word pieces: {' '.join(encoded.split)}")
     print(f"wrote {out} ({w}x{h}, {where}, {time.perf_counter() - t0:.2f} s)")
     return 0
