@@ -186,25 +186,32 @@ class Fusion(nn.Module):
         return self.fuse(features, tokens)[0]
 
 
+def upsampling_body(c_in: int, channels: tuple[int, ...]) -> tuple[nn.Sequential, int]:
+    """Per entry: a stride-2 transposed conv (x2 in size) then a 3x3 conv, each with BN + ReLU.
+
+    Shared by the L-CoDe and L-CoIns decoders; returns the stack and its output channels.
+    """
+    layers: list[nn.Module] = []
+    for c_out in channels:
+        layers += [
+            nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        ]
+        c_in = c_out
+    return nn.Sequential(*layers), c_in
+
+
 class Decoder(nn.Module):
     """Stride-2 transposed convolutions back to S x S; tanh * AB_SCALE gives ab in Lab units."""
 
     def __init__(self, cfg: LCoDeConfig) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        c_in = cfg.feature_channels
-        for c_out in cfg.dec_channels:
-            layers += [
-                nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(c_out, c_out, 3, padding=1),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-            ]
-            c_in = c_out
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Conv2d(c_in, 2, 3, padding=1)
+        self.body, c_out = upsampling_body(cfg.feature_channels, cfg.dec_channels)
+        self.head = nn.Conv2d(c_out, 2, 3, padding=1)
 
     def forward(self, modulated: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.head(self.body(modulated))) * AB_SCALE  # [B,2,S,S]

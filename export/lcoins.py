@@ -33,6 +33,7 @@ from langcolor.client.lab import AB_SCALE, L_CENTER, L_SCALE
 from langcolor.client.spec import PAD_ID
 
 from .config import LCoInsConfig
+from .lcode import upsampling_body
 
 _MASKED_LOGIT = -1.0e4  # finite "minus infinity": an all-masked row stays finite in softmax
 _EPS = 1.0e-6
@@ -195,20 +196,8 @@ class Decoder(nn.Module):
     def __init__(self, cfg: LCoInsConfig) -> None:
         super().__init__()
         self.dim, self.grid = cfg.dim, cfg.grid
-        layers: list[nn.Module] = []
-        c_in = cfg.dim
-        for c_out in cfg.dec_channels:
-            layers += [
-                nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(c_out, c_out, 3, padding=1),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-            ]
-            c_in = c_out
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Conv2d(c_in, 2, 3, padding=1)
+        self.body, c_out = upsampling_body(cfg.dim, cfg.dec_channels)
+        self.head = nn.Conv2d(c_out, 2, 3, padding=1)
 
     def forward(self, modulated: torch.Tensor) -> torch.Tensor:
         x = modulated.transpose(1, 2).reshape(-1, self.dim, self.grid, self.grid)  # [B,D,g,g]
