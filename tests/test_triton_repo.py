@@ -250,3 +250,19 @@ def test_stage_model_rejects_bad_requests_alone_and_matches_onnxruntime(triton_s
                 np.testing.assert_allclose(got, want, atol=1e-4)
     finally:
         client.close()
+
+
+def test_shipped_repository_runs_the_current_python_models():
+    """The committed model_repository/ holds copies of the Python-backend models (Triton loads
+    model.py from each version folder); editing a template without re-exporting would serve stale code."""
+    from langcolor.client.paths import default_model_repository
+    from langcolor.export.triton_repo import COLORIZE_MODEL_SOURCE, STAGE_MODEL_SOURCE
+
+    shipped = default_model_repository()
+    copies = sorted(shipped.glob("*/1/model.py"))
+    assert copies, f"no Python-backend models under {shipped}"
+    for copy in copies:
+        template = COLORIZE_MODEL_SOURCE if copy.parts[-3] == COLORIZE_MODEL else STAGE_MODEL_SOURCE
+        assert copy.read_bytes() == template.read_bytes(), (
+            f"{copy} differs from {template.name}: run `langcolor export` and commit the repository"
+        )
