@@ -3,8 +3,9 @@
 ``triton_repo.write_repository`` writes a whole repository for one network and swaps it in. For
 several checkpoints each is exported (and parity-checked) into its own scratch repository first;
 their ``<family>*`` folders are then gathered into one tree, with the ``colorize`` endpoint of the
-first checkpoint (it calls that family's ensemble: the default model), and that tree replaces the
-destination in one rename. A failure anywhere leaves the old repository as it was.
+first checkpoint (its family is the default: requests without ``MODEL`` go to its ensemble), its
+config rewritten to list every family gathered (what ``MODEL`` may name), and that tree replaces
+the destination in one rename. A failure anywhere leaves the old repository as it was.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import tempfile
 from pathlib import Path
 
 from langcolor.client.errors import LangcolorError
+from langcolor.client.imageio import DEFAULT_MAX_PIXELS
 
 from .checkpoint import Checkpoint
-from .triton_config import COLORIZE_MODEL, Target
+from .triton_config import COLORIZE_MODEL, CONFIG_FILE, Target, colorize_config
 from .triton_repo import ExportedRepository, _check_replaceable, _swap_in, write_model_repository
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,10 @@ def write_multi_repository(
                 (combined / entry.name).parent.mkdir(parents=True, exist_ok=True)
                 entry.rename(combined / entry.name)
             results.append(ExportedRepository(out_dir, part.manifest, part.target, part.parity))
+        # The endpoint serves every family it sits beside; the first stays the default.
+        (combined / COLORIZE_MODEL / CONFIG_FILE).write_text(colorize_config(
+            results[0].manifest.geometry, target, kw.get("max_pixels", DEFAULT_MAX_PIXELS), families=tuple(families)
+        ))
         os.chmod(combined, 0o755)
         _swap_in(combined, out_dir)
     finally:
