@@ -3,8 +3,17 @@
 FLOPs are counted by forward hooks on the layers that carry the arithmetic: ``Conv2d``,
 ``ConvTranspose2d``, ``Linear`` and ``LSTM``; one multiply-add counts as 2 FLOPs, biases,
 normalisation and activations are not counted (they are memory-bound and a few percent at most).
-The fusion stage's attention products (``@`` on activations, no module) are left out: for the
-``full`` network they are ~0.01 GFLOP against ~20 GFLOP in the encoder and decoder convolutions.
+
+Attention products (``@`` on activations, no module) are counted from the token counts:
+- L-CoDe: left out. Its fusion's attention is ~0.01 GFLOP against ~20 GFLOP of convolutions (``full``).
+- L-CoIns: counted, because attention is a real share of a transformer's work. ``P`` = image tokens,
+  ``T`` = caption tokens (padding included: the graph computes them), ``G`` = group tokens, ``D`` =
+  width. Per attention of ``Nq`` queries over ``Nk`` keys, ``q k^T`` and ``softmax(.) v`` cost
+  ``2 * Nq * Nk * D`` multiply-adds, summed over heads. The encoder has one P x P attention per ViT
+  layer. The fusion has one T x T per language layer. Each grouping block has G x P, G x T, P x P,
+  P x G, T x T and T x G. The hooks count the QKV, projection and MLP matmuls, the patch embedding
+  and the decoder's (transposed) convolutions. ``tests/test_bench.py`` checks the whole count
+  against ``torch.utils.flop_counter.FlopCounterMode`` for the ``tiny`` and ``small`` configs.
 
 The peak is a large float32 matrix product timed on the same machine in the same run with every
 core, with torch, numpy and onnxruntime (their BLAS kernels differ by up to 2x here); the best of
@@ -76,11 +85,43 @@ def count_flops(module: nn.Module, *inputs: torch.Tensor) -> int:
     return total
 
 
-def stage_gflops_per_image(stages: dict[str, nn.Module], stage_inputs: dict[str, tuple], batch: int) -> dict[str, float]:
-    """GFLOPs per image for each stage (counted at ``batch``, divided by it) and their sum as ``e2e``."""
-    out = {s: count_flops(stages[s], *stage_inputs[s]) / batch / 1e9 for s in stages}
+def lcoins_attention_flops(cfg, batch: int) -> dict[str, int]:
+    """FLOPs of the L-CoIns attention products (scores and weighted values) per stage, for ``batch`` images."""
+    P, T, G, D = cfg.patches, cfg.max_tokens, cfg.group_tokens, cfg.dim
+
+    def att(nq: int, nk: int) -> int:  # q k^T and softmax(.) v, every head: 2 products of Nq*Nk*D/H*H MACs
+        return 2 * (2 * nq * nk * D)
+
+    grouping = att(G, P) + att(G, T) + att(P, P) + att(P, G) + att(T, T) + att(T, G)  # eqs. 6-8
+    return {
+        "encoder": batch * cfg.vit_layers * att(P, P),
+        "fusion": batch * (cfg.text_layers * att(T, T) + cfg.grouping_blocks * grouping),
+        "decoder": 0,
+    }
+
+
+def stage_gflops_per_image(stages: dict[str, nn.Module], stage_inputs: dict[str, tuple], batch: int,
+                           extra_flops: dict[str, int] | None = None) -> dict[str, float]:
+    """GFLOPs per image for each stage (counted at ``batch``, divided by it) and their sum as ``e2e``;
+    ``extra_flops`` (stage -> FLOPs for the whole batch) adds work no hooked layer carries."""
+    extra = extra_flops or {}
+    out = {s: (count_flops(stages[s], *stage_inputs[s]) + extra.get(s, 0)) / batch / 1e9 for s in stages}
     out["e2e"] = sum(out.values())
     return out
+
+
+def network_gflops_per_image(model: nn.Module, L: torch.Tensor, tokens: torch.Tensor) -> dict[str, float]:
+    """Per-stage and ``e2e`` GFLOPs per image of an LCoDe or LCoIns network on L [B,1,S,S], tokens [B,T]."""
+    from langcolor.export.config import LCOINS_FAMILY
+
+    with torch.no_grad():
+        feats = model.encoder(L)  # [B,*f]
+        modulated = model.fusion(feats, tokens)  # [B,*f]
+    stages = {"encoder": model.encoder, "fusion": model.fusion, "decoder": model.decoder}
+    inputs = {"encoder": (L,), "fusion": (feats, tokens), "decoder": (modulated,)}
+    batch = L.shape[0]
+    extra = lcoins_attention_flops(model.cfg, batch) if model.geometry.family == LCOINS_FAMILY else None
+    return stage_gflops_per_image(stages, inputs, batch, extra)
 
 
 @dataclass(frozen=True)
