@@ -61,7 +61,7 @@ def pytorch_runner(bm: BenchModel) -> Runner:
 
 def onnxruntime_runner(bm: BenchModel, device: str = "cpu", intra_op_threads: int | None = None, path: str = "onnxruntime") -> Runner:
     """The client's own ``OnnxStages`` (its session options, its input checks) on the repository's ONNX files."""
-    stages = OnnxStages(ModelBundle.load(bm.repository), intra_op_threads=intra_op_threads, device=device)
+    stages = OnnxStages(ModelBundle.load(bm.repository, family=bm.family), intra_op_threads=intra_op_threads, device=device)
 
     def calls(L: np.ndarray, tokens: np.ndarray) -> dict[str, Callable[[], object]]:
         feats = stages.encoder(L)
@@ -117,7 +117,7 @@ def ort_variant_runner(bm: BenchModel, options: OrtOptions, providers: list[str]
     specs = stage_specs(bm.geometry)
     opts = options.session_options()
     providers = providers or ["CPUExecutionProvider"]
-    sessions = {s: ort.InferenceSession(str(stage_path(bm.repository, "lcode", s)), opts, providers=providers) for s in STAGES}
+    sessions = {s: ort.InferenceSession(str(stage_path(bm.repository, bm.family, s)), opts, providers=providers) for s in STAGES}
 
     def run(stage: str, *arrays):
         spec = specs[stage]
@@ -215,7 +215,7 @@ def _tensorrt_runner(bm: BenchModel, fp16: bool) -> Runner:
             "trt_profile_min_shapes": lo, "trt_profile_opt_shapes": opt, "trt_profile_max_shapes": hi,
         }
         sessions[stage] = ort.InferenceSession(
-            str(stage_path(bm.repository, "lcode", stage)),
+            str(stage_path(bm.repository, bm.family, stage)),
             providers=[("TensorrtExecutionProvider", trt), "CUDAExecutionProvider"],
         )
 

@@ -1,4 +1,5 @@
-"""The server half of a run: one tritonserver per config, every server path measured against it."""
+"""The server half of a run: one tritonserver per config, every server path measured against the
+family's ensemble (``bm.family``: ``lcode`` or ``lcoins``) and its stage models."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from langcolor.client.errors import LangcolorError
 
 from .models import CAPTION, BenchModel
-from .server_paths import StageClient, closed_loop, colorize_calls, remote, running_server
+from .server_paths import StageClient, closed_loop, colorize_calls, colorize_ensemble, remote, running_server
 from .stats import measure
 
 log = logging.getLogger(__name__)
@@ -25,9 +26,9 @@ def run_server_paths(ctx, bm: BenchModel, repository: Path | None = None, varian
         protocols = tuple(p for p in ("grpc", "http") if f"triton-{p}" in o.paths)
     batches = batches or o.batches
     concurrencies = concurrencies or o.concurrencies
-    log_path = ctx.workdir / f"tritonserver-{bm.config}-{variant or 'base'}.log"
+    log_path = ctx.workdir / f"tritonserver-{bm.family}-{bm.config}-{variant or 'base'}.log"
     with running_server(repository, log_path=log_path) as server:
-        ctx.doc.setdefault("server_startup_s", {})[f"{bm.config}/{variant or 'base'}"] = round(server.startup_s, 1)
+        ctx.doc.setdefault("server_startup_s", {})[f"{bm.family}/{bm.config}/{variant or 'base'}"] = round(server.startup_s, 1)
         for protocol in protocols:
             path = f"triton-{protocol}"
             rs = remote(server, protocol, bm)
@@ -45,7 +46,7 @@ def run_server_paths(ctx, bm: BenchModel, repository: Path | None = None, varian
                     stats = closed_loop(lambda: rs.infer_ab(L, tokens), 1, c, o.budget)
                     ctx.add(path, bm.config, "e2e", "cpu", "fp32", stats, variant=variant)
                 if colorize and protocol == "grpc" and "colorize" in o.paths:
-                    _colorize(ctx, bm, rs)
+                    _colorize(ctx, bm, rs, repository)
             finally:
                 rs.close()
         if perf and "perf_analyzer" in o.paths:
@@ -66,9 +67,16 @@ def _stages(ctx, bm: BenchModel, server, protocol: str, path: str, variant: str 
         client.close()
 
 
-def _colorize(ctx, bm: BenchModel, rs) -> None:
+def _colorize(ctx, bm: BenchModel, rs, repository: Path) -> None:
     from .prepost import PHOTO_SIZES, photo_jpeg
 
+    served = colorize_ensemble(repository)
+    if served != bm.family:
+        # Timing another family's endpoint against this family's client+ensemble would compare two networks.
+        why = f"colorize: the endpoint in {repository} calls {served!r}, not {bm.family!r}"
+        log.info("%s; skipped", why)
+        ctx.doc.setdefault("skipped", []).append(why)
+        return
     for size in ctx.options.colorize_sizes:
         w, h = PHOTO_SIZES[size]
         jpeg = photo_jpeg(w, h)
@@ -90,7 +98,7 @@ def _perf_analyzer(ctx, bm: BenchModel, server, variant: str | None) -> None:
         return
     ctx.doc["versions"]["perf_analyzer"] = version(binary)
     L, tokens = bm.inputs(1)
-    data = write_input_data(ctx.workdir / f"pa_input_{bm.config}.json", L, tokens)
+    data = write_input_data(ctx.workdir / f"pa_input_{bm.family}_{bm.config}.json", L, tokens)
     for c in ctx.options.concurrencies:
         # A window must hold several requests: five of our own p50 at this concurrency, 1 to 15 s.
         ours = [r for r in ctx.doc["results"] if r["path"] == "triton-grpc" and r["config"] == bm.config
@@ -98,7 +106,7 @@ def _perf_analyzer(ctx, bm: BenchModel, server, variant: str | None) -> None:
         p50 = ours[0]["p50_ms"] if ours else 1000.0
         interval = int(min(15_000, max(1000 if ctx.options.quick else 3000, 5 * p50)))
         try:
-            r = run_perf_analyzer(binary, server.endpoints.grpc_url, "grpc", "lcode", data, c, ctx.workdir,
+            r = run_perf_analyzer(binary, server.endpoints.grpc_url, "grpc", bm.family, data, c, ctx.workdir,
                                   interval_ms=interval, max_trials=3 if ctx.options.quick else 8,
                                   timeout_s=60 + 12 * interval / 1000)
         except (LangcolorError, OSError) as e:

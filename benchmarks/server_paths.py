@@ -1,5 +1,6 @@
-"""Paths through a real tritonserver: the ``lcode`` ensemble over gRPC and HTTP, each stage model,
-many callers at once, and the ``colorize`` bytes endpoint.
+"""Paths through a real tritonserver: the family's ensemble (``lcode`` or ``lcoins``) over gRPC and
+HTTP, each stage model (``<family>_encoder`` ...), many callers at once, and the ``colorize`` bytes
+endpoint when it serves that family.
 
 The server is the bundled tritonserver started by ``langcolor.server.launcher.TritonServer`` on
 free loopback ports. End-to-end calls go through the project's own client (``RemoteStages``, with
@@ -10,6 +11,7 @@ its checks), so the figure is what a user of ``Colorizer(server=...)`` pays; per
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -47,8 +49,18 @@ def url_for(server: TritonServer, protocol: str) -> str:
 
 
 def remote(server: TritonServer, protocol: str, bm: BenchModel, max_in_flight: int = 16) -> RemoteStages:
-    return RemoteStages(url_for(server, protocol), protocol=protocol, tokenizer_sha256=bm.tokenizer.sha256,
-                        max_in_flight=max_in_flight)
+    """The client on ``bm``'s ensemble; it refuses a served model whose tokenizer or geometry differs."""
+    return RemoteStages(url_for(server, protocol), protocol=protocol, family=bm.family,
+                        tokenizer_sha256=bm.tokenizer.sha256, max_in_flight=max_in_flight, geometry=bm.geometry)
+
+
+def colorize_ensemble(repository: Path) -> str | None:
+    """The ensemble the repository's ``colorize`` endpoint calls (its ``ensemble`` parameter), or None."""
+    config = Path(repository) / "colorize" / "config.pbtxt"
+    if not config.is_file():
+        return None
+    m = re.search(r'key:\s*"ensemble"\s*value:\s*\{\s*string_value:\s*"([^"]*)"', config.read_text())
+    return m.group(1) if m else "lcode"  # the endpoint's default when the parameter is absent
 
 
 class StageClient:

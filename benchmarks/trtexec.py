@@ -38,11 +38,11 @@ def run_trtexec_paths(ctx, bm: BenchModel, batches: tuple[int, ...] = (1, 8)) ->
     for fp16 in (False, True):
         precision = "fp16" if fp16 else "fp32"
         for stage in STAGES:
-            onnx = stage_path(bm.repository, "lcode", stage)
-            engine = ctx.workdir / f"{bm.config}_{stage}_{precision}.plan"
+            onnx = stage_path(bm.repository, bm.family, stage)
+            engine = ctx.workdir / f"{bm.family}_{bm.config}_{stage}_{precision}.plan"
             lo, opt, hi = (_shapes(bm, stage, b) for b in PROFILE)
             for batch in batches:
-                times = ctx.workdir / f"trt_{bm.config}_{stage}_{precision}_b{batch}.json"
+                times = ctx.workdir / f"trt_{bm.family}_{bm.config}_{stage}_{precision}_b{batch}.json"
                 cmd = [exe, f"--onnx={onnx}", f"--minShapes={lo}", f"--optShapes={opt}", f"--maxShapes={hi}",
                        f"--shapes={_shapes(bm, stage, batch)}", f"--exportTimes={times}", "--iterations=200",
                        "--warmUp=500", "--duration=0"]

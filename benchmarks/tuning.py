@@ -80,11 +80,11 @@ def run_pytorch_threads(ctx, bm: BenchModel, threads: int = 1, batches: tuple[in
         torch.set_num_threads(before)
 
 
-def write_variant(repository: Path, out: Path, target: Target) -> Path:
-    """Copy ``repository`` to ``out`` with the three stage configs regenerated for ``target``."""
+def write_variant(repository: Path, out: Path, target: Target, family: str = "lcode") -> Path:
+    """Copy ``repository`` to ``out`` with ``family``'s three stage configs regenerated for ``target``."""
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(repository, out)
-    geom = ModelBundle.load(repository, stages=False).geometry
+    geom = ModelBundle.load(repository, family=family, stages=False).geometry
     specs = stage_specs(geom)
     for stage in STAGES:
         spec = specs[stage]
@@ -97,7 +97,8 @@ def run_triton_variants(ctx, bm: BenchModel, names: tuple[str, ...], concurrenci
 
     for name in names:
         target = TRITON_VARIANTS[name]
-        repo = write_variant(bm.repository, ctx.workdir / f"variant_{bm.config}_{name.replace('=', '').replace(',', '_')}", target)
+        folder = f"variant_{bm.family}_{bm.config}_{name.replace('=', '').replace(',', '_')}"
+        repo = write_variant(bm.repository, ctx.workdir / folder, target, bm.family)
         ctx.doc.setdefault("triton_variants", {})[name] = asdict(target)
         try:
             run_server_paths(ctx, bm, repository=repo, variant=f"triton:{name}", protocols=("grpc",), batches=(1,),
