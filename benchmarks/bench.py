@@ -1,10 +1,11 @@
 """``langcolor bench``: latency and throughput per stage and end to end, every path side by side.
 
     langcolor bench --quick                      # the targets' subset, a few minutes on 2 cores
+    langcolor bench --quick --model lcoins       # the same for the L-CoIns family
     langcolor bench --configs small --paths onnxruntime,triton-grpc
     langcolor bench                              # the full sweep (batch 1..16, concurrency 1..16, tuning)
 
-Writes one JSON under benchmarks/results/ (or --output) and PNG plots beside it. torch and the
+One model family per run (``--model``). Writes one JSON under benchmarks/results/ (or --output) and PNG plots beside it. torch and the
 benchmark modules are imported inside ``run()`` so that ``langcolor --help`` stays fast.
 """
 
@@ -20,6 +21,7 @@ from langcolor.client.errors import LangcolorError
 log = logging.getLogger(__name__)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+FAMILY_CHOICES = ("lcode", "lcoins")  # export/config.py FAMILIES (not imported here: keeps --help fast)
 PATH_CHOICES = ("pytorch", "onnxruntime", "gpu", "triton-grpc", "triton-http", "perf_analyzer", "colorize", "prepost")
 
 
@@ -38,9 +40,11 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", choices=FAMILY_CHOICES, default="lcode",
+                        help="model family: its networks, its '<family>' ensemble and '<family>_<stage>' models")
     parser.add_argument("--quick", action="store_true", help="only what the targets need: batch 1, concurrency 1 and 8")
     parser.add_argument("--output", type=Path, default=None,
-                        help="JSON file to write; None: benchmarks/results/bench-<quick|full>-<time>.json")
+                        help="JSON file to write; None: benchmarks/results/bench-<model>-<quick|full>-<time>.json")
     parser.add_argument("--configs", type=_names, default="full,small", help="network configs, comma-separated")
     parser.add_argument("--paths", type=_names, default=",".join(PATH_CHOICES), help="paths to measure, comma-separated")
     parser.add_argument("--batches", type=_ints, default=None, help="batch sizes; None: 1 quick, 1,2,4,8,16 full")
@@ -57,7 +61,12 @@ def run(args: argparse.Namespace) -> int:
     unknown = [p for p in args.paths if p not in PATH_CHOICES]
     if unknown:
         raise LangcolorError(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(PATH_CHOICES)}")
-    kw = {"configs": tuple(args.configs), "paths": tuple(args.paths), "workdir": args.workdir}
+    family = getattr(args, "model", "lcode")
+    from langcolor.export.config import get_config
+
+    for config in args.configs:
+        get_config(config, family)  # an unknown config fails now, not after the peak measurement
+    kw = {"family": family, "configs": tuple(args.configs), "paths": tuple(args.paths), "workdir": args.workdir}
     if args.batches:
         kw["batches"] = args.batches
     if args.concurrency:
@@ -66,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
         kw["tune"] = args.tune
     options = BenchOptions.make(args.quick, **kw)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    output = args.output or RESULTS_DIR / f"bench-{'quick' if args.quick else 'full'}-{stamp}.json"
+    output = args.output or RESULTS_DIR / f"bench-{family}-{'quick' if args.quick else 'full'}-{stamp}.json"
     doc = run_bench(options, output)
-    print(f"wrote {output} ({len(doc['results'])} rows)")
+    print(f"wrote {output} ({len(doc['results'])} rows, model {family})")
     if not args.no_plots:
         from .plots import draw_all
 
@@ -76,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"plot  {png}")
     for t in doc.get("targets", []):
         value = "not measured" if t["value"] is None else f"{t['value']:.2f}"
-        print(f"target: {t['name']}: {value} (goal {t['goal']}; {t['detail']}) -> {'MET' if t['met'] else 'not met'}")
+        ref = "" if t.get("binding", True) else f" [reference only: issue 5's targets are lcode's]"
+        print(f"target ({t['family']} {t['config']}): {t['name']}: {value} (goal {t['goal']}; {t['detail']}) "
+              f"-> {'MET' if t['met'] else 'not met'}{ref}")
     unstable = [r for r in doc["results"] if not r["stable"]]
     if unstable:
         print(f"{len(unstable)} of {len(doc['results'])} points not stable (see unstable_reason in the JSON)")

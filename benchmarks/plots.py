@@ -25,7 +25,8 @@ def _base(r: dict) -> bool:
 
 def _title(doc: dict, what: str) -> str:
     m = doc["machine"]
-    return f"{what}\n{m['cpu_model'][:48]}, {m['logical_cores']} cores, git {doc['git_revision'][:8]}"
+    return (f"{what} ({doc.get('family', 'lcode')})\n{m['cpu_model'][:48]}, {m['logical_cores']} cores, "
+            f"git {doc['git_revision'][:8]}")
 
 
 def latency_vs_batch(doc: dict, out: Path) -> Path | None:

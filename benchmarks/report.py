@@ -16,18 +16,20 @@ from .stats import LatencyStats
 
 SCHEMA = 1
 REQUIRED_ROW_KEYS = (
-    "path", "config", "stage", "batch", "concurrency", "device", "precision",
+    "path", "family", "config", "stage", "batch", "concurrency", "device", "precision",
     "p50_ms", "p95_ms", "p99_ms", "throughput",
 )
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_row(path: str, config: str, stage: str, device: str, precision: str, stats: LatencyStats,
-             gflops_per_image: float | None = None, peak_gflops: float | None = None, **extra) -> dict:
-    row = {"path": path, "config": config, "stage": stage, "device": device, "precision": precision, **stats.to_dict()}
+             gflops_per_image: float | None = None, peak_gflops: float | None = None, family: str = "lcode",
+             **extra) -> dict:
+    row = {"path": path, "family": family, "config": config, "stage": stage, "device": device,
+           "precision": precision, **stats.to_dict()}
     if gflops_per_image is not None:
         achieved = gflops_per_image * stats.throughput
-        row["gflops_per_image"] = round(gflops_per_image, 4)
+        row["gflops_per_image"] = float(f"{gflops_per_image:.6g}")
         row["achieved_gflops"] = round(achieved, 3)
         if peak_gflops:
             row["fraction_of_peak"] = round(achieved / peak_gflops, 4)
@@ -188,8 +190,12 @@ def targets_markdown(doc: dict) -> str:
     lines = ["| target | measured | goal | met |", "|---|---|---|---|"]
     for t in doc.get("targets", []):
         got = "-" if t.get("value") is None else f"{t['value']:.2f}"
-        lines.append(f"| {t['name']} | {got} ({t['detail']}) | {t['goal']} | {'yes' if t.get('met') else 'no'} |")
-    return "\n".join(lines) + "\n"
+        met = "yes" if t.get("met") else "no"
+        if t.get("binding") is False:
+            met += " (reference only)"
+        lines.append(f"| {t['name']} | {got} ({t['detail']}) | {t['goal']} | {met} |")
+    note = f"\n{doc['targets_note']}\n" if doc.get("targets_note") else ""
+    return "\n".join(lines) + "\n" + note
 
 
 def readme_tables(doc: dict) -> str:
@@ -197,6 +203,7 @@ def readme_tables(doc: dict) -> str:
     rows = doc["results"]
     m = doc["machine"]
     parts = [
+        f"Model family `{doc.get('family', 'lcode')}`. "
         f"Run {doc['created']} on {m['cpu_model']} ({m['logical_cores']} logical cores, load {m['load_average_at_start']}), "
         f"git {doc['git_revision'][:12]}, peak {doc.get('peak', {}).get('gflops', float('nan')):.1f} GFLOP/s (fp32 matmul).\n",
         ("Other processes busy at the start: " + "; ".join(f"`{x}`" for x in m["other_busy_processes_at_start"]) + "\n")
@@ -246,7 +253,8 @@ def update_readme(readme: Path, docs: list[dict], paths: list[Path]) -> Path:
         rel = Path(os.path.relpath(Path(path).resolve(), readme.resolve().parent))
         stem = rel.with_suffix("")
         kind = "quick" if doc["options"].get("quick") else "full sweep"
-        parts.append(f"## Figures: {kind} run `{rel}`\n\n" + readme_tables(doc))
+        family = doc.get("family", "lcode")
+        parts.append(f"## Figures: `{family}` {kind} run `{rel}`\n\n" + readme_tables(doc))
         for suffix, title in (("-latency-vs-batch.png", "latency vs batch"),
                               ("-throughput-vs-concurrency.png", "throughput vs concurrency"),
                               ("-stages.png", "time per stage")):

@@ -1,5 +1,9 @@
 """One benchmark run: every selected path on the same inputs, rows appended to one JSON document.
 
+A run measures one model family (``BenchOptions.family``: ``lcode`` or ``lcoins``); every row
+carries it, and the issue-5 targets are computed on that family's rows (``targets.py`` says whether
+they bind it).
+
 Order per config: work per image (FLOP count) -> in-process paths (PyTorch, onnxruntime, GPU
 providers when present) over the batch sweep -> a real tritonserver on the config's repository
 (ensemble over gRPC and HTTP, per stage, concurrency sweep, perf_analyzer at the same
@@ -17,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from .flops import measure_peak, stage_gflops_per_image
+from .flops import measure_peak, network_gflops_per_image
 from .models import CAPTION, BenchModel, load_model
 from .paths import E2E, Runner, gpu_runners, onnxruntime_runner, pytorch_runner
 from .report import make_row, new_document, write_document
 from .stats import FULL, QUICK, Budget, measure
-from .targets import evaluate_targets
+from .targets import evaluate_targets, targets_note
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,7 @@ STAGES_E2E = ("encoder", "fusion", "decoder", E2E)
 @dataclass(frozen=True)
 class BenchOptions:
     quick: bool = True
+    family: str = "lcode"  # model family: which networks, ensemble and stage models are measured
     configs: tuple[str, ...] = ("full", "small")
     paths: tuple[str, ...] = ALL_PATHS
     batches: tuple[int, ...] = (1,)
@@ -69,7 +74,7 @@ class Context:
     def add(self, path: str, config: str, stage: str, device: str, precision: str, stats, **extra) -> dict:
         gf = self.flops.get(config, {}).get(stage)
         row = make_row(path, config, stage, device, precision, stats, gflops_per_image=gf,
-                       peak_gflops=self.peak_gflops if device == "cpu" else None, **extra)
+                       peak_gflops=self.peak_gflops if device == "cpu" else None, family=self.options.family, **extra)
         self.doc["results"].append(row)
         if self.output is not None:
             write_document(self.doc, self.output)
@@ -82,13 +87,7 @@ class Context:
 
 def _count_flops(bm: BenchModel) -> dict[str, float]:
     L, tokens = bm.inputs(1)
-    lt, tt = torch.from_numpy(L), torch.from_numpy(tokens)
-    with torch.inference_mode():
-        feats = bm.model.encoder(lt)
-        modulated = bm.model.fusion(feats, tt)
-    stages = {"encoder": bm.model.encoder, "fusion": bm.model.fusion, "decoder": bm.model.decoder}
-    inputs = {"encoder": (lt,), "fusion": (feats, tt), "decoder": (modulated,)}
-    return stage_gflops_per_image(stages, inputs, batch=1)
+    return network_gflops_per_image(bm.model, torch.from_numpy(L), torch.from_numpy(tokens))
 
 
 def run_in_process(ctx: Context, bm: BenchModel, runner: Runner) -> None:
@@ -104,14 +103,14 @@ def run_in_process(ctx: Context, bm: BenchModel, runner: Runner) -> None:
 
 def run_config(ctx: Context, config: str) -> BenchModel:
     o = ctx.options
-    bm = load_model(config, ctx.workdir)
+    bm = load_model(config, ctx.workdir, family=o.family)
     ctx.doc.setdefault("models", {})[config] = {
-        "weights": bm.weights, "repository": str(bm.repository), "image_size": bm.geometry.image_size,
+        "family": bm.family, "weights": bm.weights, "repository": str(bm.repository), "image_size": bm.geometry.image_size,
         "max_tokens": bm.geometry.max_tokens, "feature_shape": list(bm.geometry.feature_shape),
         "parameters": sum(p.numel() for p in bm.model.parameters()), "caption": CAPTION,
     }
     ctx.flops[config] = _count_flops(bm)
-    ctx.doc.setdefault("flops", {})[config] = {k: round(v, 4) for k, v in ctx.flops[config].items()}
+    ctx.doc.setdefault("flops", {})[config] = {k: float(f"{v:.6g}") for k, v in ctx.flops[config].items()}  # 6 significant digits: tiny nets are ~1e-4 GFLOP
     runners: list[Runner] = []
     if "pytorch" in o.paths:
         runners.append(pytorch_runner(bm))
@@ -161,16 +160,18 @@ def run_bench(options: BenchOptions, output: Path) -> dict:
         peak = measure_peak()
         doc["peak"] = asdict(peak)
         log.info("peak: %.1f GFLOP/s (float32 %dx%d matmul, %d threads; %s)", peak.gflops, peak.n, peak.n, peak.threads, peak.by_library)
+        doc["family"] = options.family
+        doc["targets_note"] = targets_note(options.family)
         ctx = Context(options, doc, workdir, peak.gflops, output=Path(output))
         models = {}
         for config in options.configs:
             models[config] = run_config(ctx, config)
-            doc["targets"] = evaluate_targets(doc["results"])
+            doc["targets"] = evaluate_targets(doc["results"], family=options.family)
             write_document(doc, output)
         if "prepost" in options.paths:
             config = "small" if "small" in options.configs else options.configs[0]
             run_prepost(ctx, models[config])
-        doc["targets"] = evaluate_targets(doc["results"])
+        doc["targets"] = evaluate_targets(doc["results"], family=options.family)
         doc["peak_after"] = asdict(measure_peak())  # a second look: did the machine's capacity move during the run?
         doc["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         write_document(doc, output)
