@@ -1,7 +1,9 @@
 """Load and soak against a real Triton server on loopback: many concurrent clients, a fixed number of
-requests, over gRPC and HTTP, to the ``lcode`` ensemble (tensors) and the ``colorize`` endpoint (bytes).
+requests, over gRPC and HTTP, to the ``lcode`` ensemble (tensors) and the ``colorize`` endpoint (bytes),
+or to the ``lcoins`` ensemble with ``--endpoint lcoins``.
 
     python -m langcolor.benchmarks.soak --requests 2000 --concurrency 16 [--output soak.json]
+    python -m langcolor.benchmarks.soak --endpoint lcoins --requests 1000
 
 Without ``--server`` it starts its own tritonserver on free 127.0.0.1 ports from the shipped model
 repository and stops it at the end. Figures per (protocol, endpoint): errors (must be 0), p50/p99
@@ -30,7 +32,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-ENDPOINTS = ("lcode", "colorize")
+FAMILY_ENDPOINTS = ("lcode", "lcoins")  # ensembles: L, TOKENS -> AB
+ENDPOINTS = (*FAMILY_ENDPOINTS, "colorize")
+BOTH = ("lcode", "colorize")  # --endpoint both: the default family's ensemble and the bytes endpoint
 PROTOCOLS = ("grpc", "http")
 REQUEST_TIMEOUT_S = 120.0
 MB = 1 << 20
@@ -89,14 +93,15 @@ class Workload:
     captions: tuple[bytes, ...]
 
 
-def default_workload(model_repository: Path) -> Workload:
+def default_workload(model_repository: Path, family: str = "lcode") -> Workload:
+    """Photos and captions for every endpoint; L planes and tokens sized and tokenized for ``family``."""
     from PIL import Image
     from skimage import data as skdata
 
     from langcolor.client.reconstruct import prepare_l
     from langcolor.client.runtime import ModelBundle
 
-    bundle = ModelBundle.load(model_repository, stages=False)
+    bundle = ModelBundle.load(model_repository, family=family, stages=False)
     size = bundle.geometry.image_size
     photos = [skdata.astronaut()[::4, ::4], skdata.coffee()[::3, ::3], skdata.chelsea()[::2, ::2],
               np.repeat(skdata.camera()[::4, ::4, None], 3, axis=2)]
@@ -136,9 +141,9 @@ class _Client:
 
     def request(self, i: int) -> None:
         w = self.work
-        if self.endpoint == "lcode":
+        if self.endpoint in FAMILY_ENDPOINTS:
             L, tokens = w.l_planes[i % len(w.l_planes)], w.tokens[i % len(w.tokens)]
-            out = self.client.infer("lcode", [self._input("L", L, "FP32"), self._input("TOKENS", tokens, "INT64")],
+            out = self.client.infer(self.endpoint, [self._input("L", L, "FP32"), self._input("TOKENS", tokens, "INT64")],
                                     **self.kwargs).as_numpy("AB")
             if out is None or out.shape != (1, 2, *L.shape[2:]) or not np.isfinite(out).all():
                 raise ValueError(f"bad AB answer: {None if out is None else out.shape}")
@@ -281,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=1000, help="requests per protocol and endpoint")
     p.add_argument("--concurrency", type=int, default=16, help="concurrent clients")
     p.add_argument("--protocol", choices=(*PROTOCOLS, "both"), default="both")
-    p.add_argument("--endpoint", choices=(*ENDPOINTS, "both"), default="both")
+    p.add_argument("--endpoint", choices=(*ENDPOINTS, "both"), default="both", help="both: lcode and colorize")
     p.add_argument("--max-seconds", type=float, default=600.0, help="stop each run after this long")
     p.add_argument("--server", metavar="HOST", help="use a running server on HOST (with --grpc-port/--http-port)")
     p.add_argument("--grpc-port", type=int, default=8001)
@@ -298,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     from langcolor.server.launcher import LOOPBACK, TritonServer, free_ports
 
     repo = args.model_repository or default_model_repository()
-    work = default_workload(repo)
+    endpoints = BOTH if args.endpoint == "both" else (args.endpoint,)
+    # colorize's images and captions are the same for any family; the ensembles need their own T and S
+    works = {e: default_workload(repo, e if e in FAMILY_ENDPOINTS else "lcode") for e in endpoints}
     server = None
     if args.server:
         host, grpc_port, http_port, pid = args.server, args.grpc_port, args.http_port, args.server_pid
@@ -311,8 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for protocol in PROTOCOLS if args.protocol == "both" else (args.protocol,):
             url = f"{host}:{grpc_port if protocol == 'grpc' else http_port}"
-            for endpoint in ENDPOINTS if args.endpoint == "both" else (args.endpoint,):
-                r = run_load(url, protocol, endpoint, work, args.requests, args.concurrency, pid,
+            for endpoint in endpoints:
+                r = run_load(url, protocol, endpoint, works[endpoint], args.requests, args.concurrency, pid,
                              max_seconds=args.max_seconds)
                 print(summary_line(r), file=sys.stderr)
                 results.append(r)
