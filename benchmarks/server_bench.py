@@ -9,7 +9,7 @@ from pathlib import Path
 from langcolor.client.errors import LangcolorError
 
 from .models import CAPTION, BenchModel
-from .server_paths import StageClient, closed_loop, colorize_calls, colorize_ensemble, remote, running_server
+from .server_paths import StageClient, closed_loop, colorize_calls, colorize_families, remote, running_server
 from .stats import measure
 
 log = logging.getLogger(__name__)
@@ -70,19 +70,21 @@ def _stages(ctx, bm: BenchModel, server, protocol: str, path: str, variant: str 
 def _colorize(ctx, bm: BenchModel, rs, repository: Path) -> None:
     from .prepost import PHOTO_SIZES, photo_jpeg
 
-    served = colorize_ensemble(repository)
-    if served != bm.family:
+    families = colorize_families(repository)
+    if bm.family not in families:
         # Timing another family's endpoint against this family's client+ensemble would compare two networks.
-        why = f"colorize: the endpoint in {repository} calls {served!r}, not {bm.family!r}"
+        why = f"colorize: the endpoint in {repository} serves {', '.join(families) or 'nothing'}, not {bm.family!r}"
         log.info("%s; skipped", why)
         ctx.doc.setdefault("skipped", []).append(why)
         return
+    model = None if bm.family == families[0] else bm.family  # the default family needs no MODEL input
     for size in ctx.options.colorize_sizes:
         w, h = PHOTO_SIZES[size]
         jpeg = photo_jpeg(w, h)
-        for name, call in colorize_calls(rs, bm, jpeg, CAPTION).items():
+        for name, call in colorize_calls(rs, bm, jpeg, CAPTION, model).items():
             stats = measure(call, 1, ctx.options.prepost_budget)
             ctx.add(name, bm.config, "e2e", "cpu", "fp32", stats, megapixels=round(w * h / 1e6, 2),
+                    colorize_model=model if name == "colorize" else None,
                     note="bytes in, PNG out; client+ensemble = decode, Lab, resize, tokenize, gRPC ensemble, reconstruct, PNG")
 
 

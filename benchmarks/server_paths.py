@@ -54,13 +54,23 @@ def remote(server: TritonServer, protocol: str, bm: BenchModel, max_in_flight: i
                         tokenizer_sha256=bm.tokenizer.sha256, max_in_flight=max_in_flight, geometry=bm.geometry)
 
 
-def colorize_ensemble(repository: Path) -> str | None:
-    """The ensemble the repository's ``colorize`` endpoint calls (its ``ensemble`` parameter), or None."""
+def _colorize_param(text: str, key: str) -> str | None:
+    m = re.search(r'key:\s*"' + key + r'"\s*value:\s*\{\s*string_value:\s*"([^"]*)"', text)
+    return m.group(1) if m else None
+
+
+def colorize_families(repository: Path) -> tuple[str, ...]:
+    """Families the repository's ``colorize`` endpoint serves, its default (``ensemble``) first; () if none.
+
+    An endpoint with a ``families`` parameter takes the others through its ``MODEL`` input; an older
+    one serves only its ``ensemble``."""
     config = Path(repository) / "colorize" / "config.pbtxt"
     if not config.is_file():
-        return None
-    m = re.search(r'key:\s*"ensemble"\s*value:\s*\{\s*string_value:\s*"([^"]*)"', config.read_text())
-    return m.group(1) if m else "lcode"  # the endpoint's default when the parameter is absent
+        return ()
+    text = config.read_text()
+    default = _colorize_param(text, "ensemble") or "lcode"  # the endpoint's default when the parameter is absent
+    others = [f.strip() for f in (_colorize_param(text, "families") or "").split(",") if f.strip()]
+    return (default, *[f for f in others if f != default])
 
 
 class StageClient:
@@ -155,8 +165,10 @@ def closed_loop(call: Callable[[], object], batch: int, concurrency: int, budget
     return summarize(flat, batch, concurrency, wall_s=wall)
 
 
-def colorize_calls(rs: RemoteStages, bm: BenchModel, image: bytes, caption: str) -> dict[str, Callable[[], object]]:
-    """The bytes endpoint against the same work done by the client around the ensemble (both -> PNG)."""
+def colorize_calls(rs: RemoteStages, bm: BenchModel, image: bytes, caption: str,
+                   model: str | None = None) -> dict[str, Callable[[], object]]:
+    """The bytes endpoint against the same work done by the client around the ensemble (both -> PNG).
+    ``model``: the endpoint's ``MODEL`` input (None: its default family, which must be ``bm.family``)."""
     from langcolor.client.imageio import encode_image, load_image
     from langcolor.client.reconstruct import prepare_l, reconstruct
 
@@ -167,4 +179,7 @@ def colorize_calls(rs: RemoteStages, bm: BenchModel, image: bytes, caption: str)
         ab = rs.infer_ab(l_small[None], tokens)  # [1,2,S,S]
         return encode_image(reconstruct(l_full, ab[0]), "PNG")
 
-    return {"colorize": lambda: rs.colorize_bytes(image, caption), "client+ensemble": client_side}
+    def endpoint() -> bytes:
+        return rs.colorize_bytes(image, caption) if model is None else rs.colorize_bytes(image, caption, model=model)
+
+    return {"colorize": endpoint, "client+ensemble": client_side}

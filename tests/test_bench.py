@@ -332,14 +332,17 @@ def test_tiny_lcoins_bench_run(tmp_path):
     assert "Model family `lcoins`" in readme_tables(doc) and "reference only" in readme_tables(doc)
 
 
-def test_colorize_endpoint_family_is_read_from_its_config(tmp_path):
-    from langcolor.benchmarks.server_paths import colorize_ensemble
+def test_colorize_endpoint_families_are_read_from_its_config(tmp_path):
+    from langcolor.benchmarks.server_paths import colorize_families
 
-    assert colorize_ensemble(tmp_path) is None
+    assert colorize_families(tmp_path) == ()
     (tmp_path / "colorize").mkdir()
-    (tmp_path / "colorize" / "config.pbtxt").write_text(
-        'name: "colorize"\nparameters {\n  key: "ensemble"\n  value: { string_value: "lcoins" }\n}\n')
-    assert colorize_ensemble(tmp_path) == "lcoins"
+    config = tmp_path / "colorize" / "config.pbtxt"
+    param = 'parameters {{\n  key: "{}"\n  value: {{ string_value: "{}" }}\n}}\n'
+    config.write_text('name: "colorize"\n' + param.format("ensemble", "lcoins"))
+    assert colorize_families(tmp_path) == ("lcoins",)  # an endpoint without MODEL: its ensemble only
+    config.write_text('name: "colorize"\n' + param.format("ensemble", "lcode") + param.format("families", "lcode,lcoins"))
+    assert colorize_families(tmp_path) == ("lcode", "lcoins")  # default first
 
 
 def test_perf_analyzer_window_rule():
