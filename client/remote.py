@@ -36,6 +36,7 @@ from langcolor.export.triton_config import (  # noqa: E402
     COLORIZE_MODEL,
     COLORIZED_NAME,
     IMAGE_NAME,
+    MODEL_NAME,
     PARAM_GEOMETRY,
     PARAM_TOKENIZER_SHA256,
     PARAM_WEIGHTS_SHA256,
@@ -320,22 +321,29 @@ class RemoteStages:
         return self._pool.submit(self.infer_ab, l_small, tokens)
 
     # -- the bytes endpoint --------------------------------------------------------------------------
-    def colorize_bytes(self, image: bytes, caption: str) -> bytes:
-        """One encoded image (JPEG/PNG/TIFF) and a caption -> a PNG at the input's resolution."""
+    def colorize_bytes(self, image: bytes, caption: str, model: str | None = None) -> bytes:
+        """One encoded image (JPEG/PNG/TIFF) and a caption -> a PNG at the input's resolution.
+
+        ``model`` ("lcode", "lcoins") is sent as the endpoint's ``MODEL`` input; None leaves it out
+        and the server colours with its default family (``family`` above only names the ensemble
+        ``infer_ab`` talks to)."""
         if not self._colorize_checked:
             self._require_ready(COLORIZE_MODEL)
             self._colorize_checked = True
         img = np.array([[bytes(image)]], dtype=np.object_)  # [1, 1]
         cap = np.array([[caption.encode("utf-8")]], dtype=np.object_)  # [1, 1]
-        out = self._infer(COLORIZE_MODEL, [(IMAGE_NAME, img, "BYTES"), (CAPTION_NAME, cap, "BYTES")], [COLORIZED_NAME])
+        inputs = [(IMAGE_NAME, img, "BYTES"), (CAPTION_NAME, cap, "BYTES")]
+        if model is not None:
+            inputs.append((MODEL_NAME, np.array([[model.encode("utf-8")]], dtype=np.object_), "BYTES"))  # [1, 1]
+        out = self._infer(COLORIZE_MODEL, inputs, [COLORIZED_NAME])
         return bytes(out[COLORIZED_NAME].reshape(-1)[0])
 
-    def submit_colorize(self, image: bytes, caption: str) -> Future:
-        return self._pool.submit(self.colorize_bytes, image, caption)
+    def submit_colorize(self, image: bytes, caption: str, model: str | None = None) -> Future:
+        return self._pool.submit(self.colorize_bytes, image, caption, model)
 
-    def colorize_many(self, items: Sequence[tuple[bytes, str]]) -> list[bytes | ServerError]:
+    def colorize_many(self, items: Sequence[tuple[bytes, str]], model: str | None = None) -> list[bytes | ServerError]:
         """Every item in flight at once (up to ``max_in_flight``); a rejected item gives its error, not a raise."""
-        futures = [self.submit_colorize(img, cap) for img, cap in items]
+        futures = [self.submit_colorize(img, cap, model) for img, cap in items]
         results: list[bytes | ServerError] = []
         for f in futures:
             try:
