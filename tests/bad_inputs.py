@@ -243,6 +243,14 @@ def _good_pair(c: Context) -> tuple[bytes, bytes]:
     return photo_png(), c.good_caption.encode()
 
 
+_M, _VALID = "(?-i:MODEL)", r"valid families: [a-z, ]*lcode"
+
+
+def _with_model(c: Context, model: bytes) -> list:
+    image, caption = _good_pair(c)
+    return [("IMAGE", _b(image), "BYTES"), ("CAPTION", _b(caption), "BYTES"), ("MODEL", _b(model), "BYTES")]
+
+
 REQUESTS = [
     BadInput("missing-caption-input", "request", "IMAGE without CAPTION", r"(?-i:CAPTION)|expected 2 inputs|input",
              lambda c: [("IMAGE", _b(photo_png()), "BYTES")]),
@@ -256,6 +264,23 @@ REQUESTS = [
     BadInput("request-over-max-batch", "request", "max_batch_size + 1 images in one request", r"batch.size",
              lambda c: [("IMAGE", _b(*[_good_pair(c)[0]] * (c.max_batch_size + 1)), "BYTES"),
                         ("CAPTION", _b(*[_good_pair(c)[1]] * (c.max_batch_size + 1)), "BYTES")]),
+    # MODEL (optional): the family per image; a bad one names MODEL and lists the valid families.
+    BadInput("model-unknown", "request", "MODEL 'vgg' (not a served family)", rf"{_M} 'vgg'.*{_VALID}",
+             lambda c: _with_model(c, b"vgg")),
+    BadInput("model-wrong-case", "request", "MODEL 'LCODE' (names are exact)", rf"{_M} 'LCODE'.*{_VALID}",
+             lambda c: _with_model(c, b"LCODE")),
+    BadInput("model-empty", "request", "MODEL of 0 bytes", rf"{_M} is empty.*{_VALID}", lambda c: _with_model(c, b"")),
+    BadInput("model-not-utf8", "request", "MODEL bytes that are not UTF-8 (0xff 0xfe)", rf"{_M} is not valid UTF-8.*{_VALID}",
+             lambda c: _with_model(c, b"lc\xff\xfeode")),
+    BadInput("model-huge", "request", "MODEL of 100 000 bytes", rf"{_M} 'x+\.\.\.'.*{_VALID}",
+             lambda c: _with_model(c, b"x" * 100_000)),
+    BadInput("model-as-int32", "request", "MODEL sent as an INT32 tensor", rf"{_M}.*(INT32|BYTES)|(INT32|BYTES).*{_M}",
+             lambda c: [*_with_model(c, b"lcode")[:2], ("MODEL", np.zeros((1, 1), np.int32), "INT32")]),
+    BadInput("model-count-mismatch", "request", "1 image, MODEL of 2 names", r"batch|shape",
+             lambda c: [*_with_model(c, b"lcode")[:2], ("MODEL", _b(b"lcode", b"lcode"), "BYTES")]),
+    BadInput("model-one-item-bad", "request", "2 images, MODEL 'lcode' and 'vgg'", rf"item 1: {_M} 'vgg'.*{_VALID}",
+             lambda c: [("IMAGE", _b(*[_good_pair(c)[0]] * 2), "BYTES"), ("CAPTION", _b(*[_good_pair(c)[1]] * 2), "BYTES"),
+                        ("MODEL", _b(b"lcode", b"vgg"), "BYTES")]),
 ]
 
 # ----------------------------------------------------------------------------- batch manifests
