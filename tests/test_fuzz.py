@@ -6,7 +6,7 @@
   UTF-8 bytes, huge captions;
 - the ``colorize`` endpoint's request parser (``parse_request`` in
   ``export/triton_models/colorize_model.py``, the function the served model calls): random tensor
-  shapes, dtypes, element types, counts, images and captions.
+  shapes, dtypes, element types, counts, images, captions and optional ``MODEL`` names.
 
 Property: every input ends in a valid result or a ``LangcolorError`` (never another exception),
 within a hang guard. CI runs about 3000 cases in total (well under a minute on two cores);
@@ -31,7 +31,7 @@ from langcolor.client.errors import CaptionError, ImageError, LangcolorError
 from langcolor.client.imageio import load_image
 from langcolor.client.paths import default_model_repository
 from langcolor.client.tokenizer import CaptionTokenizer
-from langcolor.export.triton_models.colorize_model import MAX_ERROR_CHARS, parse_request
+from langcolor.export.triton_models.colorize_model import MAX_ERROR_CHARS, Family, parse_request
 
 _ENV = os.environ.get("LANGCOLOR_FUZZ_EXAMPLES")
 MAX_PIXELS = 1_000_000  # a mutated header may declare any size: the cap is part of what is fuzzed
@@ -215,6 +215,24 @@ element = st.one_of(image_bytes, caption_bytes, st.integers(-5, 5), st.text(max_
 good_caption = st.lists(st.sampled_from(_known_words()), min_size=1, max_size=8).map(lambda w: " ".join(w).encode())
 
 
+# Two families with different S and T, so that an item prepared with the wrong one shows.
+DEFAULT_SIZE, OTHER_SIZE = 64, 48
+
+
+@pytest.fixture(scope="module")
+def families(tokenizer) -> dict[str, Family]:
+    other = default_model_repository() / "lcoins" / "1" / "tokenizer.json"
+    other_tokenizer = CaptionTokenizer.from_file(other) if other.is_file() else tokenizer
+    return {"lcode": Family("lcode", tokenizer, DEFAULT_SIZE), "lcoins": Family("lcoins", other_tokenizer, OTHER_SIZE)}
+
+
+model_name = st.one_of(
+    st.sampled_from([b"lcode", b"lcoins"]),
+    st.sampled_from([b"", b"vgg", b"LCODE", b" lcode", b"lcode\x00", b"\xff\xfe", "lcöde".encode()]),
+    st.binary(max_size=40),
+)
+
+
 @st.composite
 def colorize_request(draw):
     """Mostly well-formed requests (so the parser's success path is fuzzed too), some broken ones."""
@@ -226,26 +244,38 @@ def colorize_request(draw):
     captions_n = n if draw(st.integers(0, 4)) else draw(st.integers(0, 3))  # mostly matching counts
     captions = draw(st.lists(caption, min_size=captions_n, max_size=captions_n))
     shape = st.sampled_from(["column"] * 6 + ["row", "flat", "none", "float"])
-    return _tensor(images, draw(shape)), _tensor(captions, draw(shape))
+    # MODEL: absent half the time (the default family), else mostly valid names, one per image.
+    models_n = n if draw(st.integers(0, 4)) else draw(st.integers(0, 3))
+    models = draw(st.lists(model_name if broken else st.sampled_from([b"lcode", b"lcoins"]) | model_name,
+                           min_size=models_n, max_size=models_n))
+    model_shape = st.sampled_from(["none"] * 6 + ["column"] * 5 + ["row", "flat", "float"])
+    return _tensor(images, draw(shape)), _tensor(captions, draw(shape)), _tensor(models, draw(model_shape))
 
 
 @_settings(1500)
 @given(colorize_request())
-def test_colorize_request_parser_ends_in_items_or_langcolor_error(tokenizer, request_tensors):
-    images, captions = request_tensors
-    size = 64
+def test_colorize_request_parser_ends_in_items_or_langcolor_error(tokenizer, families, request_tensors):
+    images, captions, models = request_tensors
     with no_hang():
         try:
-            items = parse_request(images, captions, tokenizer, size, max_pixels=MAX_PIXELS)
+            items = parse_request(images, captions, tokenizer, DEFAULT_SIZE, max_pixels=MAX_PIXELS,
+                                  models=models, families=families)
         except LangcolorError as e:
             assert str(e) and len(str(e)) <= MAX_ERROR_CHARS
+            if models is not None and "MODEL" in str(e) and "UTF-8" not in str(e) and "BYTES" not in str(e):
+                assert "valid families: lcode, lcoins" in str(e) or "value(s) for" in str(e), str(e)
             event(type(e).__name__)
             return
-    event("parsed")
+    event("parsed" if models is None else "parsed with MODEL")
     assert len(items) == images.size == captions.size >= 1
+    if models is not None:
+        assert [i.family for i in items] == [bytes(m).decode() for m in models.reshape(-1)]
     for item in items:
+        family = families[item.family] if item.family else Family("default", tokenizer, DEFAULT_SIZE)
+        size = family.image_size
         _check_loaded(item.loaded)
         assert item.l_full.shape == item.loaded.rgb.shape[:2]
         assert item.l_small.shape == (1, size, size) and item.l_small.dtype == np.float32
         assert np.isfinite(item.l_small).all() and item.l_small.min() >= 0.0 and item.l_small.max() <= 100.0
-        assert item.tokens.shape == (tokenizer.max_tokens,)
+        assert item.tokens.shape == (family.tokenizer.max_tokens,)
+        assert item.tokens.max() < family.tokenizer.vocab_size
