@@ -75,3 +75,59 @@ def test_served_lcoins_matches_in_process(lcoins_repository, served_repository, 
     # The default family on the same server is untouched and still answers with its own geometry.
     lcode = Colorizer(server=server_url, protocol=protocol, model_repository=lcoins_repository)
     assert lcode.geometry.family == "lcode" and lcode.colorize(_photo(tmp_path), "a red circle").rgb.ndim == 3
+
+
+# ------------------------------------------------------------------------------ colorize: MODEL per request
+def _png_bytes(tmp_path) -> bytes:
+    return _photo(tmp_path).read_bytes()
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.format == "PNG"
+        return np.asarray(im.convert("RGB")).astype(int)  # [H, W, 3]
+
+
+def test_colorize_endpoint_with_model_lcoins_matches_in_process_lcoins(lcoins_repository, server_url, protocol, tmp_path):
+    from langcolor.client.remote import RemoteStages
+
+    photo = _png_bytes(tmp_path)
+    want = {f: Colorizer(model=f, model_repository=lcoins_repository).colorize(photo, PHOTO_CAPTION).rgb.astype(int)
+            for f in ("lcode", "lcoins")}
+    assert np.abs(want["lcode"] - want["lcoins"]).max() > 8  # the two families colour differently
+    with RemoteStages(server_url, protocol) as remote:
+        served = _pixels(remote.colorize_bytes(photo, PHOTO_CAPTION, model="lcoins"))
+        default = _pixels(remote.colorize_bytes(photo, PHOTO_CAPTION))
+    assert served.shape == want["lcoins"].shape
+    assert np.abs(served - want["lcoins"]).max() <= 1  # same ONNX files, tokenizer and S: same pixels
+    assert np.abs(default - want["lcode"]).max() <= 1  # no MODEL: the default family, lcode
+
+
+def test_one_request_may_mix_families_per_image(lcoins_repository, server_url, protocol, tmp_path):
+    """MODEL has one name per image: a request of three images and two families, answered in order."""
+    if protocol == "grpc":
+        import tritonclient.grpc as module
+    else:
+        import tritonclient.http as module
+
+    photo = _png_bytes(tmp_path)
+    families = ["lcoins", "lcode", "lcoins"]
+    b = lambda xs: np.array([[x] for x in xs], dtype=np.object_)  # noqa: E731  [n, 1] BYTES
+    inputs = []
+    for name, array in (("IMAGE", b([photo] * 3)), ("CAPTION", b([PHOTO_CAPTION.encode()] * 3)),
+                        ("MODEL", b([f.encode() for f in families]))):
+        t = module.InferInput(name, list(array.shape), "BYTES")
+        t.set_data_from_numpy(array)
+        inputs.append(t)
+    client = module.InferenceServerClient(server_url)
+    try:
+        out = client.infer("colorize", inputs).as_numpy("COLORIZED").reshape(-1)  # [3] of PNG bytes
+    finally:
+        client.close()
+    for family, png in zip(families, out):
+        want = Colorizer(model=family, model_repository=lcoins_repository).colorize(photo, PHOTO_CAPTION).rgb
+        assert np.abs(_pixels(bytes(png)) - want.astype(int)).max() <= 1, family

@@ -199,6 +199,47 @@ def test_32_concurrent_colorize_requests_all_succeed(remote):
     assert sizes == {(128, 128)}
 
 
+def test_colorize_config_declares_optional_model_and_the_families_it_serves(served_repository):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from langcolor.export.triton_config import MODEL_NAME, PARAM_ENSEMBLE, PARAM_FAMILIES
+
+    cfg = text_format.Parse((served_repository.path / "colorize" / "config.pbtxt").read_text(), mc.ModelConfig())
+    inputs = {t.name: t for t in cfg.input}
+    assert inputs[MODEL_NAME].data_type == mc.TYPE_STRING and list(inputs[MODEL_NAME].dims) == [1]
+    assert inputs[MODEL_NAME].optional and not inputs["IMAGE"].optional and not inputs["CAPTION"].optional
+    families = cfg.parameters[PARAM_FAMILIES].string_value.split(",")
+    held = {p.parent.parent.name for p in served_repository.path.glob("*/1/langcolor.json")}
+    assert set(families) == held and families[0] == cfg.parameters[PARAM_ENSEMBLE].string_value
+
+
+def test_colorize_model_lcode_is_the_default(remote):
+    photo = _png(skimage.data.astronaut()[::4, ::4])
+    absent = np.asarray(Image.open(io.BytesIO(remote.colorize_bytes(photo, CAPTIONS[0]))))
+    explicit = np.asarray(Image.open(io.BytesIO(remote.colorize_bytes(photo, CAPTIONS[0], model="lcode"))))
+    assert absent.shape == explicit.shape == (128, 128, 3)
+    assert np.array_equal(absent, explicit)
+
+
+def test_requests_with_and_without_model_in_flight_together(remote, served_repository):
+    """Triton batches requests with MODEL apart from those without; bad names fail alone."""
+    families = [p.parent.parent.name for p in served_repository.path.glob("*/1/langcolor.json")]
+    photo = _png(skimage.data.camera()[::8, ::8])
+    models = [None, "lcode", "vgg", *families, "", None, "lcode", "LCODE"] * 2
+    futures = [remote.submit_colorize(photo, CAPTIONS[1], m) for m in models]
+    pixels = {}
+    for m, f in zip(models, futures):
+        if m in (None, *families):
+            png = f.result(timeout=120)
+            pixels.setdefault(m or "lcode", []).append(np.asarray(Image.open(io.BytesIO(png))))
+        else:
+            with pytest.raises(RequestRejectedError, match="MODEL.*valid families: .*lcode"):
+                f.result(timeout=120)
+    for family, images in pixels.items():  # batching together or apart gives the same pixels
+        assert all(int(np.abs(im.astype(int) - images[0].astype(int)).max()) <= 1 for im in images), family
+
+
 # ------------------------------------------------------------------------------ bad requests
 def _raw_infer(protocol: str, url: str, model: str, inputs: list[tuple[str, np.ndarray, str]], output: str):
     module, client = _client(protocol, url)
