@@ -34,6 +34,7 @@ from langcolor.export.triton_config import (
     COLORIZE_MODEL,
     COLORIZED_NAME,
     IMAGE_NAME,
+    MODEL_NAME,
     PARAM_GEOMETRY,
     PARAM_TOKENIZER_SHA256,
     PARAM_WEIGHTS_SHA256,
@@ -153,12 +154,14 @@ def test_ensemble_parameters_let_a_client_check_tokenizer_weights_and_geometry(r
 def test_colorize_endpoint_config(repos):
     cfg = parse(repos["python"] / COLORIZE_MODEL / "config.pbtxt")
     assert cfg.backend == "python"
-    assert [(t.name, t.data_type, list(t.dims)) for t in cfg.input] == [
-        (IMAGE_NAME, mc.TYPE_STRING, [1]),
-        (CAPTION_NAME, mc.TYPE_STRING, [1]),
+    assert [(t.name, t.data_type, list(t.dims), t.optional) for t in cfg.input] == [
+        (IMAGE_NAME, mc.TYPE_STRING, [1], False),
+        (CAPTION_NAME, mc.TYPE_STRING, [1], False),
+        (MODEL_NAME, mc.TYPE_STRING, [1], True),  # optional: absent means the default family
     ]
     assert [(t.name, t.data_type, list(t.dims)) for t in cfg.output] == [(COLORIZED_NAME, mc.TYPE_STRING, [1])]
     assert cfg.parameters["ensemble"].string_value == "lcode"
+    assert cfg.parameters["families"].string_value == "lcode"  # a one-family repository serves only that family
 
 
 def test_gpu_target_configs_parse_with_tensorrt_fp16(manifest):
