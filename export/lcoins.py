@@ -19,7 +19,11 @@ Departures from the paper, each for serving or for a model trained from scratch 
   their embedding never reaches a real token. An all-padding caption (the caption-free baseline)
   closes the language -> group path entirely;
 - one query/key/value projection per block is shared by the three token kinds; the modal-type
-  embeddings (eq. 3) tell them apart.
+  embeddings (eq. 3) tell them apart. Each kind has its own LayerNorm + MLP (eq. 5 per kind);
+- the fusion stage has no additive biases, its modal-type embeddings are fixed random vectors, the
+  word embeddings pass a LayerNorm (as in BERT) and the group tokens start at unit scale: trained
+  from scratch, the network otherwise collapsed a caption's tokens (and the group tokens) into one
+  vector while on the caption-blind plateau (figures in ``_init``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from .lcode import upsampling_body
 _MASKED_LOGIT = -1.0e4  # finite "minus infinity": an all-masked row stays finite in softmax
 _EPS = 1.0e-6
 IMG, LAG, GRP = 0, 1, 2  # modal types (eq. 3)
+KINDS = ("img", "lag", "grp")  # the same order
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -59,20 +64,21 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Te
 
 
 class Mlp(nn.Sequential):
-    def __init__(self, dim: int, ratio: int) -> None:
-        super().__init__(nn.Linear(dim, dim * ratio), nn.GELU(), nn.Linear(dim * ratio, dim))
+    def __init__(self, dim: int, ratio: int, bias: bool = True) -> None:
+        super().__init__(nn.Linear(dim, dim * ratio, bias=bias), nn.GELU(), nn.Linear(dim * ratio, dim, bias=bias))
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LN self-attention block (ViT / BERT), with an optional key padding mask."""
+    """Pre-LN self-attention block (ViT / BERT), with an optional key padding mask; ``bias=False``
+    drops every additive bias (linear layers and LayerNorm), see ``_init``."""
 
-    def __init__(self, dim: int, heads: int, ratio: int) -> None:
+    def __init__(self, dim: int, heads: int, ratio: int, bias: bool = True) -> None:
         super().__init__()
         self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.mlp = Mlp(dim, ratio)
+        self.norm1, self.norm2 = nn.LayerNorm(dim, bias=bias), nn.LayerNorm(dim, bias=bias)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
+        self.mlp = Mlp(dim, ratio, bias)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)  # 3 x [B,N,D]
@@ -106,13 +112,14 @@ class LanguageEncoder(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, cfg.dim, padding_idx=PAD_ID)
         self.pos = nn.Parameter(torch.randn(1, cfg.max_tokens, cfg.dim) * 0.02)
-        self.blocks = nn.ModuleList(TransformerBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.text_layers))
-        self.norm = nn.LayerNorm(cfg.dim)
+        self.embed_norm = nn.LayerNorm(cfg.dim, bias=False)  # BERT's embedding LayerNorm: words enter at unit scale
+        self.blocks = nn.ModuleList(TransformerBlock(cfg.dim, cfg.heads, cfg.mlp_ratio, bias=False) for _ in range(cfg.text_layers))
+        self.norm = nn.LayerNorm(cfg.dim, bias=False)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = tokens != PAD_ID  # [B,T]
         keep = mask.unsqueeze(-1).float()  # [B,T,1]
-        x = (self.embed(tokens) + self.pos) * keep  # [B,T,D]
+        x = self.embed_norm(self.embed(tokens) + self.pos) * keep  # [B,T,D]
         for block in self.blocks:
             x = block(x, mask) * keep
         return self.norm(x) * keep, mask  # [B,T,D], [B,T]
@@ -134,10 +141,14 @@ class GroupingBlock(nn.Module):
     def __init__(self, dim: int, heads: int, ratio: int) -> None:
         super().__init__()
         self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.ModuleDict({k: nn.Linear(2 * dim, dim) for k in ("img", "lag", "grp")})
-        self.mlp = Mlp(dim, ratio)
+        self.norm1 = nn.LayerNorm(dim, bias=False)  # no additive biases anywhere in the block: see _init
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.ModuleDict({k: nn.Linear(2 * dim, dim, bias=False) for k in KINDS})
+        # One LayerNorm + MLP per token kind (eq. 5 applied to each kind's rows): with one shared MLP the
+        # large constant the image tokens learn to carry was added to every language and group token too,
+        # until a caption's tokens were one vector (pairwise cosine 0.999) and attention over them uniform.
+        self.norm2 = nn.ModuleDict({k: nn.LayerNorm(dim, bias=False) for k in KINDS})
+        self.mlp = nn.ModuleDict({k: Mlp(dim, ratio, bias=False) for k in KINDS})
 
     def forward(self, img, lag, grp, mask, has_words):
         h = self.heads
@@ -158,9 +169,8 @@ class GroupingBlock(nn.Module):
         keep = mask.unsqueeze(-1).float()  # [B,T,1]
         img = img + self.proj["img"](torch.cat([_merge(img_in), _merge(img_out)], -1))  # [B,P,D] eq. 9, 4
         lag = (lag + self.proj["lag"](torch.cat([_merge(lag_in), _merge(lag_out)], -1))) * keep  # [B,T,D]
-        z = torch.cat([img, lag, grp], dim=1)
-        z = z + self.mlp(self.norm2(z))  # eq. 5
-        return z[:, :n_i], z[:, n_i : n_i + n_l] * keep, z[:, n_i + n_l :]
+        img, lag, grp = (x + self.mlp[k](self.norm2[k](x)) for k, x in zip(KINDS, (img, lag, grp)))  # eq. 5
+        return img, lag * keep, grp
 
 
 class Fusion(nn.Module):
@@ -169,19 +179,19 @@ class Fusion(nn.Module):
     def __init__(self, cfg: LCoInsConfig, vocab_size: int) -> None:
         super().__init__()
         self.language = LanguageEncoder(cfg, vocab_size)
-        self.groups = nn.Parameter(torch.randn(1, cfg.group_tokens, cfg.dim) * 0.02)  # T_grp
-        self.modal = nn.Embedding(3, cfg.dim)  # T'_img, T'_lag, T'_grp (eq. 3)
+        self.groups = nn.Parameter(torch.randn(1, cfg.group_tokens, cfg.dim))  # T_grp, unit scale: see _init
+        self.register_buffer("modal", torch.randn(3, cfg.dim))  # T'_img, T'_lag, T'_grp (eq. 3): fixed, see _init
         self.blocks = nn.ModuleList(GroupingBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.grouping_blocks))
-        self.norm = nn.LayerNorm(cfg.dim)
+        self.norm = nn.LayerNorm(cfg.dim, bias=False)
 
     def fuse(self, features: torch.Tensor, tokens: torch.Tensor):
         """-> (MODULATED [B,P,D], Z_img, Z_lag [B,T,D], Z_grp [B,G,D], mask [B,T]) after the last block."""
         lag, mask = self.language(tokens)  # [B,T,D], [B,T]
         has_words = (mask.long().sum(1) > 0).float()  # [B]
         keep = mask.unsqueeze(-1).float()
-        img = features + self.modal.weight[IMG]  # [B,P,D]
-        lag = (lag + self.modal.weight[LAG]) * keep  # [B,T,D]
-        grp = (self.groups + self.modal.weight[GRP]).expand(features.shape[0], -1, -1)  # [B,G,D]
+        img = features + self.modal[IMG]  # [B,P,D]
+        lag = (lag + self.modal[LAG]) * keep  # [B,T,D]
+        grp = (self.groups + self.modal[GRP]).expand(features.shape[0], -1, -1)  # [B,G,D]
         for block in self.blocks:
             img, lag, grp = block(img, lag, grp, mask, has_words)
         return self.norm(img), img, lag, grp, mask
@@ -287,7 +297,23 @@ def _init(module: nn.Module) -> None:
     """Xavier for every projection. BERT's N(0, 0.02) is sized for width 768 (gain 0.02 * sqrt(768) ~ 0.55);
     at width 64 it gives 0.16 per matrix, and the caption reaches an image token only through a product
     of about four such matrices (language -> group -> image): trained from scratch, that network sat on
-    the caption-blind constant for 800 steps."""
+    the caption-blind constant for 800 steps.
+
+    Two scales matter as much (measured on the first shipped weights, which only learnt the background):
+    - word embeddings N(0, 0.02) without BERT's embedding LayerNorm were swamped by the first block's
+      output, so the language tokens of a caption were nearly one vector (mean pairwise cosine 0.90 at
+      initialisation, 0.98 after training). ``LanguageEncoder.embed_norm`` brings them to 0.23;
+    - group tokens N(0, 0.02) were dwarfed by their first update, so the eight groups collapsed into
+      one: every group attended to the same words and every image token spread its attention evenly
+      over the groups (12-13% each), and an object patch got the same caption signal as the
+      background. Group tokens now start at unit scale (``Fusion.groups``), each its own direction;
+    - learnt vectors shared by every token of a kind (LayerNorm and linear biases, the modal-type
+      embeddings) are what Adam grows first while the network sits on the caption-blind plateau: each
+      gets a small gradient of constant sign and moves at the learning rate regardless. Within 1000
+      steps they made a caption's tokens one vector again (pairwise cosine 0.96) and LayerNorm then
+      shrank what tells the words apart. So the fusion stage (language encoder and grouping blocks)
+      has no additive biases and its modal-type embeddings are fixed N(0, 1) vectors (a buffer, saved
+      with the weights). With both, training left the plateau within 500 steps instead of ~2500."""
     if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.xavier_uniform_(module.weight)
         if module.bias is not None:

@@ -260,3 +260,38 @@ def test_the_shipped_lcode_tokenizer_is_unchanged():
     enc = tok.encode("the left circle is red")
     assert enc.unknown == ("left",) and enc.split == () and enc.length == 5
     assert isinstance(tok, CaptionTokenizer)
+
+
+def _mean_pairwise_cosine(x: torch.Tensor) -> float:
+    """x [N,D] -> mean cosine over the N*(N-1) ordered pairs of distinct rows."""
+    x = torch.nn.functional.normalize(x, dim=-1)
+    sim = x @ x.T  # [N,N]
+    n = x.shape[0]
+    return float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))
+
+
+def test_caption_tokens_and_group_tokens_start_distinct():
+    """The collapse the first shipped weights suffered (model card): at initialisation a caption's
+    language tokens had mean pairwise cosine 0.90 and the eight group tokens were one vector."""
+    torch.manual_seed(0)
+    model = LCoIns(LCOINS_CONFIGS["small"], VOCAB).eval()
+    tokens = _tokens(1, model.cfg.max_tokens)
+    tokens[0, :7] = torch.arange(3, 10)  # seven distinct words
+    tokens[0, 7:] = 0
+    with torch.no_grad():
+        lag, mask = model.fusion.language(tokens)  # [1,T,D]
+    assert _mean_pairwise_cosine(lag[0, :7]) < 0.5
+    groups = model.fusion.groups[0] + model.fusion.modal[2]  # [G,D], what the first block sees
+    assert _mean_pairwise_cosine(groups) < 0.8
+    assert groups.norm(dim=-1).min() > 2.0  # unit scale per dimension, not N(0, 0.02)
+
+
+def test_fusion_has_no_shared_additive_vectors_to_grow():
+    """No bias in the fusion stage and fixed modal-type embeddings, saved with the weights (model card)."""
+    model = LCoIns(LCOINS_CONFIGS["tiny"], VOCAB)
+    assert [n for n, _ in model.fusion.named_parameters() if n.endswith("bias")] == []
+    assert "modal" not in dict(model.fusion.named_parameters())
+    assert "fusion.modal" in model.state_dict()  # a persistent buffer: the export and a reload see the same
+    other = LCoIns(LCOINS_CONFIGS["tiny"], VOCAB)
+    other.load_state_dict(model.state_dict())
+    assert torch.equal(other.fusion.modal, model.fusion.modal)
