@@ -23,7 +23,10 @@ Departures from the paper, each for serving or for a model trained from scratch 
 - the fusion stage has no additive biases, its modal-type embeddings are fixed random vectors, the
   word embeddings pass a LayerNorm (as in BERT) and the group tokens start at unit scale: trained
   from scratch, the network otherwise collapsed a caption's tokens (and the group tokens) into one
-  vector while on the caption-blind plateau (figures in ``_init``).
+  vector while on the caption-blind plateau (figures in ``_init``);
+- the grouping blocks use cosine attention with a learnt, capped per-head scale instead of scaled
+  dot products: the groups' attention over the words otherwise saturated on one word ("background")
+  and stopped learning (figures in ``GroupingBlock``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from .lcode import upsampling_body
 
 _MASKED_LOGIT = -1.0e4  # finite "minus infinity": an all-masked row stays finite in softmax
 _EPS = 1.0e-6
+_INIT_LOGIT_SCALE, _MAX_LOGIT_SCALE = 10.0, 100.0  # cosine attention in the grouping blocks (see GroupingBlock)
 IMG, LAG, GRP = 0, 1, 2  # modal types (eq. 3)
 KINDS = ("img", "lag", "grp")  # the same order
 
@@ -55,9 +59,22 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(B, N, H * dh)  # [B,N,D]
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Scaled dot-product attention per head: q [B,H,Nq,dh], k/v [B,H,Nk,dh], key_mask bool [B,Nk]."""
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # [B,H,Nq,Nk]
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    log_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention per head: q [B,H,Nq,dh], k/v [B,H,Nk,dh], key_mask bool [B,Nk].
+
+    Without ``log_scale``: scaled dot product. With it ([H,1,1], learnt): cosine attention, logits =
+    cos(q, k) * exp(log_scale), the scale capped at ``_MAX_LOGIT_SCALE`` (as in Swin V2)."""
+    if log_scale is None:
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # [B,H,Nq,Nk]
+    else:
+        cos = nn.functional.normalize(q, dim=-1) @ nn.functional.normalize(k, dim=-1).transpose(-2, -1)
+        scores = cos * log_scale.clamp(max=math.log(_MAX_LOGIT_SCALE)).exp()  # [B,H,Nq,Nk]
     if key_mask is not None:
         scores = scores.masked_fill(~key_mask[:, None, None, :], _MASKED_LOGIT)
     return torch.softmax(scores, dim=-1) @ v  # [B,H,Nq,dh]
@@ -136,6 +153,13 @@ class GroupingBlock(nn.Module):
     network affords, that path was too weak to learn (caption ignored after 600 steps).
     Per token kind the two results are concatenated and projected (eq. 9): image and language
     tokens take [inner, outer]; group tokens take [from image, from language].
+
+    Every attention in the block is cosine attention with a learnt per-head scale (Swin V2's
+    remedy for saturated attention), not the paper's scaled dot product. With dot products the
+    groups' attention over the words saturated early: 98-100% on the word "background", learnt
+    first, and the gradient that would move a group to an object's words vanished with the
+    softmax's slope. Same recipe otherwise (6000 steps, seed 0, quick scores): objects followed
+    28% against 15%, instances 18% against 11% (figures in the model card).
     """
 
     def __init__(self, dim: int, heads: int, ratio: int) -> None:
@@ -149,9 +173,11 @@ class GroupingBlock(nn.Module):
         # until a caption's tokens were one vector (pairwise cosine 0.999) and attention over them uniform.
         self.norm2 = nn.ModuleDict({k: nn.LayerNorm(dim, bias=False) for k in KINDS})
         self.mlp = nn.ModuleDict({k: Mlp(dim, ratio, bias=False) for k in KINDS})
+        self.logit_scale = nn.Parameter(torch.full((heads, 1, 1), math.log(_INIT_LOGIT_SCALE)))  # per head
 
     def forward(self, img, lag, grp, mask, has_words):
         h = self.heads
+        att = self._attend  # cosine attention with this block's scale
         n_i, n_l = img.shape[1], lag.shape[1]
         z = torch.cat([img, lag, grp], dim=1)  # [B,P+T+G,D]
         q, k, v = (_heads(t, h) for t in self.qkv(self.norm1(z)).chunk(3, dim=-1))  # [B,H,N,dh]
@@ -159,18 +185,21 @@ class GroupingBlock(nn.Module):
         ki, kl = k[:, :, :n_i], k[:, :, n_i : n_i + n_l]
         vi, vl = v[:, :, :n_i], v[:, :, n_i : n_i + n_l]
         # Outer loop, first half (eq. 7): the group tokens gather from both modalities.
-        grp_img = attend(qg, ki, vi)  # [B,H,G,dh]
-        grp_lag = attend(qg, kl, vl, mask) * has_words.view(-1, 1, 1, 1)  # closed without a caption
+        grp_img = att(qg, ki, vi)  # [B,H,G,dh]
+        grp_lag = att(qg, kl, vl, mask) * has_words.view(-1, 1, 1, 1)  # closed without a caption
         grp = grp + self.proj["grp"](torch.cat([_merge(grp_img), _merge(grp_lag)], -1))  # [B,G,D] eq. 9, 4
         # Second half (eq. 8) reads the updated groups, so the caption reaches the image in this block.
         _, kg, vg = (_heads(t, h) for t in self.qkv(self.norm1(grp)).chunk(3, dim=-1))  # [B,H,G,dh]
-        img_in, img_out = attend(qi, ki, vi), attend(qi, kg, vg)  # [B,H,P,dh] eq. 6, 8
-        lag_in, lag_out = attend(ql, kl, vl, mask), attend(ql, kg, vg)  # [B,H,T,dh]
+        img_in, img_out = att(qi, ki, vi), att(qi, kg, vg)  # [B,H,P,dh] eq. 6, 8
+        lag_in, lag_out = att(ql, kl, vl, mask), att(ql, kg, vg)  # [B,H,T,dh]
         keep = mask.unsqueeze(-1).float()  # [B,T,1]
         img = img + self.proj["img"](torch.cat([_merge(img_in), _merge(img_out)], -1))  # [B,P,D] eq. 9, 4
         lag = (lag + self.proj["lag"](torch.cat([_merge(lag_in), _merge(lag_out)], -1))) * keep  # [B,T,D]
         img, lag, grp = (x + self.mlp[k](self.norm2[k](x)) for k, x in zip(KINDS, (img, lag, grp)))  # eq. 5
         return img, lag * keep, grp
+
+    def _attend(self, q, k, v, key_mask=None):
+        return attend(q, k, v, key_mask, self.logit_scale)
 
 
 class Fusion(nn.Module):

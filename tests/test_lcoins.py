@@ -295,3 +295,25 @@ def test_fusion_has_no_shared_additive_vectors_to_grow():
     other = LCoIns(LCOINS_CONFIGS["tiny"], VOCAB)
     other.load_state_dict(model.state_dict())
     assert torch.equal(other.fusion.modal, model.fusion.modal)
+
+
+def test_grouping_attention_is_cosine_with_a_capped_learnt_scale():
+    """The grouping blocks attend by cosine (GroupingBlock docstring): lengthening queries or keys
+    changes nothing, the per-head scale is learnt, and it cannot grow past the cap."""
+    from langcolor.export.lcoins import _MAX_LOGIT_SCALE, attend
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 7, 4), torch.randn(2, 3, 7, 4)
+    scale = torch.full((3, 1, 1), float(np.log(10.0)))
+    out = attend(q, k, v, None, scale)
+    torch.testing.assert_close(attend(q * 7.0, k * 0.1, v, None, scale), out)
+    assert not torch.allclose(attend(q * 7.0, k * 0.1, v), attend(q, k, v))  # the dot product is not invariant
+    huge = torch.full((3, 1, 1), 50.0)
+    torch.testing.assert_close(attend(q, k, v, None, huge), attend(q, k, v, None, torch.full((3, 1, 1), float(np.log(_MAX_LOGIT_SCALE)))))
+    model = LCoIns(LCOINS_CONFIGS["tiny"], VOCAB)
+    scales = [n for n, _ in model.fusion.named_parameters() if n.endswith("logit_scale")]
+    assert len(scales) == LCOINS_CONFIGS["tiny"].grouping_blocks
+    L = torch.rand(2, 1, 32, 32) * 100
+    tokens = torch.randint(1, VOCAB, (2, LCOINS_CONFIGS["tiny"].max_tokens))
+    model(L, tokens)[0].square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.fusion.named_parameters() if n.endswith("logit_scale"))
