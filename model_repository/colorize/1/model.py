@@ -10,8 +10,10 @@ ensemble per image: ``lcode`` or ``lcoins``, any family in the config's ``famili
 A request without it goes to the ``ensemble`` parameter's family (the default). Each family's own
 tokenizer and input size S prepare its images, and its images go to its ensemble in their own
 chunks, so one request may mix families. An empty, non-UTF-8 or unknown name fails that request
-alone, with a message naming ``MODEL`` and listing the valid families. A Triton ensemble of Python steps would have to ship the full-resolution L
-(megapixels) between the decoding and the reconstruction step; BLS keeps it in this process.
+alone, with a message naming ``MODEL`` and listing the valid families.
+
+A Triton ensemble of Python steps would have to ship the full-resolution L (megapixels) between the
+decoding and the reconstruction step; BLS keeps it in this process.
 
 Everything is the project's client code (``langcolor.client``), so the served pixels are the same
 as the in-process ``langcolor colorize``. A request whose image or caption is bad gets a
@@ -28,10 +30,11 @@ from typing import Mapping
 
 import numpy as np
 
-from langcolor.client.errors import LangcolorError, ModelNotFoundError, TokenizerMismatchError
+from langcolor.client.errors import LangcolorError, ModelNotFoundError
 from langcolor.client.imageio import DEFAULT_MAX_PIXELS, LoadedImage, encode_image, load_image
 from langcolor.client.reconstruct import prepare_l, reconstruct
-from langcolor.client.spec import AB_NAME, L_NAME, MANIFEST_FILE, TOKENIZER_FILE, TOKENS_NAME, ModelManifest
+from langcolor.client.runtime import ModelBundle
+from langcolor.client.spec import AB_NAME, L_NAME, TOKENS_NAME
 from langcolor.client.tokenizer import CaptionTokenizer
 
 try:
@@ -67,21 +70,10 @@ class Family:
 
 
 def load_family(repository: Path, name: str) -> Family:
-    """``<repository>/<name>/1``'s manifest and tokenizer, the tokenizer checked against the manifest."""
-    folder = Path(repository) / name / "1"
-    try:
-        manifest = ModelManifest.load(folder / MANIFEST_FILE)
-        tokenizer = CaptionTokenizer.from_file(folder / TOKENIZER_FILE)
-    except (OSError, ValueError, KeyError, TypeError) as e:  # missing, or not a manifest / tokenizer
-        raise ModelNotFoundError(f"family '{name}': cannot read {folder}: {e}") from e
-    if manifest.geometry.family != name:
-        raise ModelNotFoundError(f"{folder / MANIFEST_FILE} describes family '{manifest.geometry.family}', not '{name}'")
-    if tokenizer.sha256 != manifest.tokenizer_sha256:
-        raise TokenizerMismatchError(
-            f"{folder / TOKENIZER_FILE} has sha256 {tokenizer.sha256[:12]}, "
-            f"the manifest expects {manifest.tokenizer_sha256[:12]}"
-        )
-    return Family(name, tokenizer, manifest.geometry.image_size)
+    """``<repository>/<name>/1``'s manifest and tokenizer, checked as the in-process client checks
+    them (``ModelBundle.load``: the family, the tokenizer's sha256, T and vocabulary)."""
+    bundle = ModelBundle.load(repository, name, stages=False)  # ModelNotFoundError names the problem
+    return Family(name, bundle.tokenizer, bundle.geometry.image_size)
 
 
 @dataclass(frozen=True)
