@@ -245,12 +245,31 @@ def test_lcoins_small_uses_shipped_weights_and_matching_repository(tmp_path):
 # --- a tiny real run --------------------------------------------------------------------------------
 
 
+def _check_rows(rows: list[dict]) -> set[tuple]:
+    """The rows of a tiny bench run over pytorch, onnxruntime and triton-grpc at batches (1, 2) and
+    concurrency (1, 2): every row complete, percentiles ordered, throughput positive; each path has
+    every stage at batch 1 and e2e at batch 2; gRPC ran at concurrency 2. -> (path, stage, batch,
+    concurrency) of every row."""
+    from langcolor.benchmarks.report import REQUIRED_ROW_KEYS
+
+    for r in rows:
+        missing = [k for k in REQUIRED_ROW_KEYS if k not in r]
+        assert not missing, (missing, r)
+        assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["throughput"] > 0
+    seen = {(r["path"], r["stage"], r["batch"], r["concurrency"]) for r in rows}
+    for path in ("pytorch", "onnxruntime", "triton-grpc"):
+        assert {(path, s, 1, 1) for s in ("encoder", "fusion", "decoder", "e2e")} <= seen, path
+        assert (path, "e2e", 2, 1) in seen
+    assert ("triton-grpc", "e2e", 1, 2) in seen
+    return seen
+
+
 @pytest.mark.server
 def test_tiny_bench_run_writes_complete_json(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("pytriton")
     from langcolor.benchmarks import bench
-    from langcolor.benchmarks.report import REQUIRED_ROW_KEYS, readme_tables
+    from langcolor.benchmarks.report import readme_tables
 
     out = tmp_path / "run.json"
     args = argparse.Namespace(
@@ -261,16 +280,7 @@ def test_tiny_bench_run_writes_complete_json(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["machine"]["cpu_model"] and doc["versions"]["onnxruntime"] and doc["git_revision"]
     assert doc["peak"]["gflops"] > 0 and doc["flops"]["tiny"]["e2e"] > 0
-    rows = doc["results"]
-    for r in rows:
-        missing = [k for k in REQUIRED_ROW_KEYS if k not in r]
-        assert not missing, (missing, r)
-        assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["throughput"] > 0
-    seen = {(r["path"], r["stage"], r["batch"], r["concurrency"]) for r in rows}
-    for path in ("pytorch", "onnxruntime", "triton-grpc"):
-        assert {(path, s, 1, 1) for s in ("encoder", "fusion", "decoder", "e2e")} <= seen, path
-        assert (path, "e2e", 2, 1) in seen
-    assert ("triton-grpc", "e2e", 1, 2) in seen
+    _check_rows(doc["results"])
     assert len(doc["targets"]) == 3  # computed (not measured: the targets are for `full`)
     for suffix in ("-latency-vs-batch.png", "-throughput-vs-concurrency.png", "-stages.png"):
         png = tmp_path / f"run{suffix}"
@@ -287,7 +297,7 @@ def test_tiny_lcoins_bench_run(tmp_path):
     pytest.importorskip("pytriton")
     from langcolor.benchmarks import bench
     from langcolor.benchmarks.models import export_random
-    from langcolor.benchmarks.report import REQUIRED_ROW_KEYS, readme_tables
+    from langcolor.benchmarks.report import readme_tables
     from langcolor.export.config import LCOINS_CONFIGS
 
     out = tmp_path / "run.json"
@@ -316,15 +326,8 @@ def test_tiny_lcoins_bench_run(tmp_path):
         assert doc["flops"]["tiny"][stage] == pytest.approx(ref[stage], rel=1e-5)  # JSON keeps 6 significant digits
 
     rows = doc["results"]
-    for r in rows:
-        assert not [k for k in REQUIRED_ROW_KEYS if k not in r], r
-        assert r["family"] == "lcoins" and r["config"] == "tiny"
-        assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["throughput"] > 0
-    seen = {(r["path"], r["stage"], r["batch"], r["concurrency"]) for r in rows}
-    for path in ("pytorch", "onnxruntime", "triton-grpc"):
-        assert {(path, s, 1, 1) for s in ("encoder", "fusion", "decoder", "e2e")} <= seen, path
-        assert (path, "e2e", 2, 1) in seen
-    assert ("triton-grpc", "e2e", 1, 2) in seen
+    assert all(r["family"] == "lcoins" and r["config"] == "tiny" for r in rows)
+    seen = _check_rows(rows)
     assert ("colorize", "e2e", 1, 1) in seen and ("client+ensemble", "e2e", 1, 1) in seen  # this repo's colorize calls lcoins
     e2e = [r for r in rows if r["path"] == "onnxruntime" and r["stage"] == "e2e" and r["batch"] == 1][0]
     assert e2e["gflops_per_image"] == pytest.approx(doc["flops"]["tiny"]["e2e"], rel=1e-5)
