@@ -1,12 +1,13 @@
 """``langcolor bench``: latency and throughput per stage and end to end, every path side by side.
 
     langcolor bench --quick                      # the targets' subset, a few minutes on 2 cores
-    langcolor bench --quick --model lcoins       # the same for the L-CoIns family
+    langcolor bench --quick --model FAMILY       # the same for another registered family (`langcolor models`)
     langcolor bench --configs small --paths onnxruntime,triton-grpc
     langcolor bench                              # the full sweep (batch 1..16, concurrency 1..16, tuning)
 
-One model family per run (``--model``). Writes one JSON under benchmarks/results/ (or --output) and PNG plots beside it. torch and the
-benchmark modules are imported inside ``run()`` so that ``langcolor --help`` stays fast.
+One model family per run (``--model``, any registered family). Writes one JSON under benchmarks/results/
+(or --output) and PNG plots beside it. torch and the benchmark modules are imported inside ``run()``
+so that ``langcolor --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
+from langcolor.client import families
 from langcolor.client.errors import LangcolorError
 
 log = logging.getLogger(__name__)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-FAMILY_CHOICES = ("lcode", "lcoins")  # export/config.py FAMILIES (not imported here: keeps --help fast)
 PATH_CHOICES = ("pytorch", "onnxruntime", "gpu", "triton-grpc", "triton-http", "perf_analyzer", "colorize", "prepost")
 
 
@@ -40,7 +41,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", choices=FAMILY_CHOICES, default="lcode",
+    parser.add_argument("--model", choices=families.names(), default=families.DEFAULT_FAMILY,
                         help="model family: its networks, its '<family>' ensemble and '<family>_<stage>' models")
     parser.add_argument("--quick", action="store_true", help="only what the targets need: batch 1, concurrency 1 and 8")
     parser.add_argument("--output", type=Path, default=None,
@@ -61,11 +62,10 @@ def run(args: argparse.Namespace) -> int:
     unknown = [p for p in args.paths if p not in PATH_CHOICES]
     if unknown:
         raise LangcolorError(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(PATH_CHOICES)}")
-    family = getattr(args, "model", "lcode")
-    from langcolor.export.config import get_config
-
+    family = getattr(args, "model", families.DEFAULT_FAMILY)
+    record = families.get(family)
     for config in args.configs:
-        get_config(config, family)  # an unknown config fails now, not after the peak measurement
+        record.config(config)  # an unknown config fails now, not after the peak measurement
     kw = {"family": family, "configs": tuple(args.configs), "paths": tuple(args.paths), "workdir": args.workdir}
     if args.batches:
         kw["batches"] = args.batches
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"plot  {png}")
     for t in doc.get("targets", []):
         value = "not measured" if t["value"] is None else f"{t['value']:.2f}"
-        ref = "" if t.get("binding", True) else f" [reference only: issue 5's targets are lcode's]"
+        ref = "" if t.get("binding", True) else f" [reference only: the targets bind {families.DEFAULT_FAMILY}]"
         print(f"target ({t['family']} {t['config']}): {t['name']}: {value} (goal {t['goal']}; {t['detail']}) "
               f"-> {'MET' if t['met'] else 'not met'}{ref}")
     unstable = [r for r in doc["results"] if not r["stable"]]

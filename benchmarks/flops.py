@@ -1,19 +1,17 @@
 """Work per image counted from layer shapes, and the machine's measured float32 peak.
 
-FLOPs are counted by forward hooks on the layers that carry the arithmetic: ``Conv2d``,
-``ConvTranspose2d``, ``Linear`` and ``LSTM``; one multiply-add counts as 2 FLOPs, biases,
-normalisation and activations are not counted (they are memory-bound and a few percent at most).
-
-Attention products (``@`` on activations, no module) are counted from the token counts:
-- L-CoDe: left out. Its fusion's attention is ~0.01 GFLOP against ~20 GFLOP of convolutions (``full``).
-- L-CoIns: counted, because attention is a real share of a transformer's work. ``P`` = image tokens,
-  ``T`` = caption tokens (padding included: the graph computes them), ``G`` = group tokens, ``D`` =
-  width. Per attention of ``Nq`` queries over ``Nk`` keys, ``q k^T`` and ``softmax(.) v`` cost
-  ``2 * Nq * Nk * D`` multiply-adds, summed over heads. The encoder has one P x P attention per ViT
-  layer. The fusion has one T x T per language layer. Each grouping block has G x P, G x T, P x P,
-  P x G, T x T and T x G. The hooks count the QKV, projection and MLP matmuls, the patch embedding
-  and the decoder's (transposed) convolutions. ``tests/test_bench.py`` checks the whole count
-  against ``torch.utils.flop_counter.FlopCounterMode`` for the ``tiny`` and ``small`` configs.
+FLOPs of one forward pass are counted in two parts, with one multiply-add = 2 FLOPs:
+- the layers that carry most of the arithmetic, by forward hooks and a formula per layer type:
+  ``Conv2d``, ``ConvTranspose2d``, ``Linear`` and ``LSTM`` (torch's own counter does not see an LSTM
+  on the CPU: it runs as one oneDNN kernel);
+- every product outside those layers (attention scores and weighted values, ``@`` or ``einsum`` on
+  activations, a functional convolution) by ``torch.utils.flop_counter.FlopCounterMode``, which counts
+  ``mm``, ``bmm``, ``addmm``, ``convolution`` and attention kernels at the dispatcher. What it counts
+  inside a hooked layer is subtracted, so no product is counted twice.
+Biases, normalisation, softmax and activations are not counted (they are memory-bound, a few percent
+at most). Nothing here knows a family: a new network's attention is counted because it runs.
+``tests/test_bench.py`` checks the hooks against a hand count and the whole count of every registered
+family's ``tiny`` network against ``FlopCounterMode`` alone (with oneDNN off, so it sees the LSTM too).
 
 The peak is a large float32 matrix product timed on the same machine in the same run with every
 core, with torch, numpy and onnxruntime (their BLAS kernels differ by up to 2x here); the best of
@@ -66,62 +64,61 @@ _COUNTERS = {
 
 
 def count_flops(module: nn.Module, *inputs: torch.Tensor) -> int:
-    """FLOPs of one forward pass of ``module`` on ``inputs`` (the whole batch)."""
-    total = 0
+    """FLOPs of one forward pass of ``module`` on ``inputs`` (the whole batch): hooked layers by their
+    formula, every other product by torch's ``FlopCounterMode``."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-    def hook(m, args, output):
-        nonlocal total
-        x = args[0]
-        y = output[0] if isinstance(output, tuple) else output
-        total += _COUNTERS[type(m)](m, x, y)
+    counter = FlopCounterMode(display=False)
+    layers = 0  # FLOPs of the hooked layers, by formula
+    seen_inside = 0  # what FlopCounterMode counted inside them (replaced by the formula)
+    depth, start = 0, 0
 
-    handles = [m.register_forward_hook(hook) for m in module.modules() if type(m) in _COUNTERS]
+    def pre(m, args):
+        nonlocal depth, start
+        if depth == 0:
+            start = counter.get_total_flops()
+        depth += 1
+
+    def post(m, args, output):
+        nonlocal depth, layers, seen_inside
+        depth -= 1
+        if depth == 0:  # a hooked layer inside another (none so far) is the outer one's work
+            seen_inside += counter.get_total_flops() - start
+            y = output[0] if isinstance(output, tuple) else output
+            layers += _COUNTERS[type(m)](m, args[0], y)
+
+    hooked = [m for m in module.modules() if type(m) in _COUNTERS]
+    handles = [m.register_forward_pre_hook(pre) for m in hooked] + [m.register_forward_hook(post) for m in hooked]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), counter:
             module(*inputs)
     finally:
         for h in handles:
             h.remove()
-    return total
+    return layers + counter.get_total_flops() - seen_inside
 
 
-def lcoins_attention_flops(cfg, batch: int) -> dict[str, int]:
-    """FLOPs of the L-CoIns attention products (scores and weighted values) per stage, for ``batch`` images."""
-    P, T, G, D = cfg.patches, cfg.max_tokens, cfg.group_tokens, cfg.dim
-
-    def att(nq: int, nk: int) -> int:  # q k^T and softmax(.) v, every head: 2 products of Nq*Nk*D/H*H MACs
-        return 2 * (2 * nq * nk * D)
-
-    grouping = att(G, P) + att(G, T) + att(P, P) + att(P, G) + att(T, T) + att(T, G)  # eqs. 6-8
-    return {
-        "encoder": batch * cfg.vit_layers * att(P, P),
-        "fusion": batch * (cfg.text_layers * att(T, T) + cfg.grouping_blocks * grouping),
-        "decoder": 0,
-    }
-
-
-def stage_gflops_per_image(stages: dict[str, nn.Module], stage_inputs: dict[str, tuple], batch: int,
-                           extra_flops: dict[str, int] | None = None) -> dict[str, float]:
-    """GFLOPs per image for each stage (counted at ``batch``, divided by it) and their sum as ``e2e``;
-    ``extra_flops`` (stage -> FLOPs for the whole batch) adds work no hooked layer carries."""
-    extra = extra_flops or {}
-    out = {s: (count_flops(stages[s], *stage_inputs[s]) + extra.get(s, 0)) / batch / 1e9 for s in stages}
+def stage_gflops_per_image(stages: dict[str, nn.Module], stage_inputs: dict[str, tuple], batch: int) -> dict[str, float]:
+    """GFLOPs per image for each stage (counted at ``batch``, divided by it) and their sum as ``e2e``."""
+    out = {s: count_flops(stages[s], *stage_inputs[s]) / batch / 1e9 for s in stages}
     out["e2e"] = sum(out.values())
     return out
 
 
-def network_gflops_per_image(model: nn.Module, L: torch.Tensor, tokens: torch.Tensor) -> dict[str, float]:
-    """Per-stage and ``e2e`` GFLOPs per image of an LCoDe or LCoIns network on L [B,1,S,S], tokens [B,T]."""
-    from langcolor.export.config import LCOINS_FAMILY
+def network_gflops_per_image(model: nn.Module, feeds: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per-stage and ``e2e`` GFLOPs per image of a family's network (``.encoder/.fusion/.decoder``,
+    ``.geometry``) on its ensemble inputs ``feeds`` (image and conditions, batched)."""
+    from langcolor.client.spec import STAGES, stage_specs
 
+    from .models import stage_feeds, torch_stage
+
+    specs = stage_specs(model.geometry)
     with torch.no_grad():
-        feats = model.encoder(L)  # [B,*f]
-        modulated = model.fusion(feats, tokens)  # [B,*f]
-    stages = {"encoder": model.encoder, "fusion": model.fusion, "decoder": model.decoder}
-    inputs = {"encoder": (L,), "fusion": (feats, tokens), "decoder": (modulated,)}
-    batch = L.shape[0]
-    extra = lcoins_attention_flops(model.cfg, batch) if model.geometry.family == LCOINS_FAMILY else None
-    return stage_gflops_per_image(stages, inputs, batch, extra)
+        per_stage = stage_feeds(lambda s, t: torch_stage(model, specs[s], t), specs, feeds)
+    stages = {s: getattr(model, s) for s in STAGES}
+    inputs = {s: tuple(per_stage[s][n] for n in specs[s].input_names) for s in STAGES}
+    batch = next(iter(feeds.values())).shape[0]
+    return stage_gflops_per_image(stages, inputs, batch)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@
 # - runs `langcolor bench` with the GPU paths on: PyTorch eager on CUDA (fp32, fp16 autocast),
 #   onnxruntime CUDA EP, onnxruntime TensorRT EP with min/opt/max batch profiles 1/8/16 in FP32 and
 #   FP16, trtexec engines (FP32, FP16) when trtexec is on PATH, plus every CPU and Triton path;
-# - stores the JSON and plots under benchmarks/results/ named after the GPU and the host.
+#   once per registered model family (`langcolor models`), or for the one given with --model;
+# - stores the JSON and plots under benchmarks/results/ named after the GPU, the host and the family.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,8 +47,25 @@ command -v trtexec >/dev/null 2>&1 && echo "trtexec: $(command -v trtexec)" || e
 
 STAMP="$(date -u +%Y%m%d-%H%M%S)"
 MODE=full
-for a in "$@"; do [ "$a" = "--quick" ] && MODE=quick; done
-OUT="benchmarks/results/gpu-${GPU_NAME}-$(hostname -s)-${MODE}-${STAMP}.json"
-"$VENV/bin/langcolor" bench --paths pytorch,onnxruntime,gpu,triton-grpc,triton-http,perf_analyzer,colorize,prepost \
-    --output "$OUT" "$@"
-echo "gpu_bench: wrote $OUT"
+MODELS=""
+PREV=""
+for a in "$@"; do
+    [ "$a" = "--quick" ] && MODE=quick
+    [ "$PREV" = "--model" ] && MODELS="$a"
+    case "$a" in --model=*) MODELS="${a#--model=}" ;; esac
+    PREV="$a"
+done
+if [ -z "$MODELS" ]; then  # every registered family, the default first
+    MODELS="$("$VENV/bin/python" -c 'from langcolor.client import families; print(" ".join(families.names()))')"
+    SET_MODEL=1
+else
+    SET_MODEL=0
+fi
+for MODEL in $MODELS; do
+    OUT="benchmarks/results/gpu-${GPU_NAME}-$(hostname -s)-${MODEL}-${MODE}-${STAMP}.json"
+    EXTRA=()
+    [ "$SET_MODEL" = 1 ] && EXTRA=(--model "$MODEL")
+    "$VENV/bin/langcolor" bench --paths pytorch,onnxruntime,gpu,triton-grpc,triton-http,perf_analyzer,colorize,prepost \
+        --output "$OUT" ${EXTRA[@]+"${EXTRA[@]}"} "$@"
+    echo "gpu_bench: wrote $OUT"
+done

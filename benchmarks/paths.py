@@ -1,28 +1,32 @@
 """In-process paths: PyTorch eager and onnxruntime, per stage and end to end, on the same inputs.
 
 Each path is a ``Runner``: one callable per stage and one for the whole network, all fed from the
-same ``BenchModel.inputs``. Intermediate tensors for the per-stage timings are computed once with
-the same path (so fusion is timed on that path's own FEATURES, not on a neighbour's).
+same ``BenchModel.inputs`` (the ensemble's inputs by name). Each stage's inputs are the previous
+stages' outputs plus the conditions it takes, computed once with the same path (so the fusion is timed
+on that path's own features, not on a neighbour's). Tensor names and their order come from the
+family's stage specs.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
-from langcolor.client.runtime import ModelBundle, OnnxStages, session_options, stage_path
+from langcolor.client.runtime import OnnxStages, session_options, stage_path
 from langcolor.client.spec import STAGES, stage_specs
 
-from .models import BenchModel
+from .models import BenchModel, RunStage, run_chain, stage_feeds, torch_stage
 
 log = logging.getLogger(__name__)
 
 E2E = "e2e"
+
+Feeds = Mapping[str, np.ndarray]  # the ensemble's inputs by name, batched
 
 
 @dataclass(frozen=True)
@@ -30,51 +34,63 @@ class Runner:
     path: str  # "pytorch", "onnxruntime", ...
     device: str
     precision: str
-    stage_calls: Callable[[np.ndarray, np.ndarray], dict[str, Callable[[], object]]]  # (L, tokens) -> stage -> call
+    stage_calls: Callable[[Feeds], dict[str, Callable[[], object]]]  # ensemble inputs -> stage -> call
     note: str = ""
 
 
+def chained_calls(run_stage: RunStage, specs, feeds, e2e: Callable[[], object] | None = None,
+                  wrap: Callable[[Callable[[], object]], Callable[[], object]] = lambda f: f,
+                  ) -> dict[str, Callable[[], object]]:
+    """One call per stage on its own inputs (made once by ``run_stage``) and one end to end (``e2e``,
+    default: the three stages chained)."""
+    per_stage = stage_feeds(run_stage, specs, feeds)
+    calls = {stage: wrap(lambda s=stage: run_stage(s, per_stage[s])) for stage in STAGES}
+    calls[E2E] = wrap(e2e or (lambda: run_chain(run_stage, specs, feeds)))
+    return calls
+
+
+def _torch_calls(model: torch.nn.Module, specs, feeds: dict, wrap) -> dict[str, Callable[[], object]]:
+    def run_stage(stage: str, tensors):
+        return torch_stage(model, specs[stage], tensors)
+
+    with torch.inference_mode():
+        return chained_calls(run_stage, specs, feeds, wrap=wrap)
+
+
 def pytorch_runner(bm: BenchModel) -> Runner:
-    model = bm.model
+    model, specs = bm.model, bm.specs
 
-    def calls(L: np.ndarray, tokens: np.ndarray) -> dict[str, Callable[[], object]]:
-        l_t, t_t = torch.from_numpy(L), torch.from_numpy(tokens)  # [B,1,S,S], [B,T]
-        with torch.inference_mode():
-            feats = model.encoder(l_t)  # [B,*f]
-            modulated = model.fusion(feats, t_t)  # [B,*f]
+    def timed(fn):
+        def call():
+            with torch.inference_mode():
+                return fn()
+        return call
 
-        def run(fn):
-            def call():
-                with torch.inference_mode():
-                    return fn()
-            return call
-
-        return {
-            "encoder": run(lambda: model.encoder(l_t)),
-            "fusion": run(lambda: model.fusion(feats, t_t)),
-            "decoder": run(lambda: model.decoder(modulated)),
-            E2E: run(lambda: model.decoder(model.fusion(model.encoder(l_t), t_t))),
-        }
+    def calls(feeds: Feeds) -> dict[str, Callable[[], object]]:
+        return _torch_calls(model, specs, {k: torch.from_numpy(v) for k, v in feeds.items()}, timed)
 
     return Runner("pytorch", "cpu", "fp32", calls, note=f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
 def onnxruntime_runner(bm: BenchModel, device: str = "cpu", intra_op_threads: int | None = None, path: str = "onnxruntime") -> Runner:
     """The client's own ``OnnxStages`` (its session options, its input checks) on the repository's ONNX files."""
-    stages = OnnxStages(ModelBundle.load(bm.repository, family=bm.family), intra_op_threads=intra_op_threads, device=device)
+    stages = OnnxStages(bm.bundle, intra_op_threads=intra_op_threads, device=device)
 
-    def calls(L: np.ndarray, tokens: np.ndarray) -> dict[str, Callable[[], object]]:
-        feats = stages.encoder(L)
-        modulated = stages.fusion(feats, tokens)
-        return {
-            "encoder": lambda: stages.encoder(L),
-            "fusion": lambda: stages.fusion(feats, tokens),
-            "decoder": lambda: stages.decoder(modulated),
-            E2E: lambda: stages.infer_ab(L, tokens),
-        }
+    def calls(feeds: Feeds) -> dict[str, Callable[[], object]]:
+        return chained_calls(stages.run_stage, stages.specs, feeds, e2e=lambda: stages.infer(feeds))
 
     threads = intra_op_threads or "default"
     return Runner(path, device, "fp32", calls, note=f"onnxruntime {ort.__version__}, OnnxStages, intra_op_threads={threads}")
+
+
+def _session_stage(sessions: dict[str, ort.InferenceSession], specs) -> RunStage:
+    """A stage on a raw session: no checks, every output asked for."""
+    def run_stage(stage: str, tensors):
+        spec = specs[stage]
+        outs = sessions[stage].run(spec.output_names, {n: tensors[n] for n in spec.input_names})
+        return dict(zip(spec.output_names, outs))
+
+    return run_stage
 
 
 # --- raw sessions with chosen options, for the tuning sweep ----------------------------------------
@@ -118,20 +134,10 @@ def ort_variant_runner(bm: BenchModel, options: OrtOptions, providers: list[str]
     opts = options.session_options()
     providers = providers or ["CPUExecutionProvider"]
     sessions = {s: ort.InferenceSession(str(stage_path(bm.repository, bm.family, s)), opts, providers=providers) for s in STAGES}
+    run_stage = _session_stage(sessions, specs)
 
-    def run(stage: str, *arrays):
-        spec = specs[stage]
-        return sessions[stage].run(spec.output_names, dict(zip(spec.input_names, arrays)))[0]
-
-    def calls(L: np.ndarray, tokens: np.ndarray) -> dict[str, Callable[[], object]]:
-        feats = run("encoder", L)
-        modulated = run("fusion", feats, tokens)
-        return {
-            "encoder": lambda: run("encoder", L),
-            "fusion": lambda: run("fusion", feats, tokens),
-            "decoder": lambda: run("decoder", modulated),
-            E2E: lambda: run("decoder", run("fusion", run("encoder", L), tokens)),
-        }
+    def calls(feeds: Feeds) -> dict[str, Callable[[], object]]:
+        return chained_calls(run_stage, specs, feeds)
 
     return Runner("onnxruntime", "cpu", "fp32", calls, note=options.label)
 
@@ -172,44 +178,38 @@ def pytorch_cuda_runner(bm: BenchModel, half: bool) -> Runner:
     import copy
 
     model = copy.deepcopy(bm.model).cuda().eval()
+    specs = bm.specs
 
-    def calls(L, tokens):
-        l_t, t_t = torch.from_numpy(L).cuda(), torch.from_numpy(tokens).cuda()
+    def timed(fn):
+        def call():
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=half):
+                out = fn()
+            torch.cuda.synchronize()
+            return out
+        return call
 
-        def run(fn):
-            def call():
-                with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=half):
-                    out = fn()
-                torch.cuda.synchronize()
-                return out
-            return call
-
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=half):
-            feats = model.encoder(l_t)
-            modulated = model.fusion(feats, t_t)
-        return {
-            "encoder": run(lambda: model.encoder(l_t)),
-            "fusion": run(lambda: model.fusion(feats, t_t)),
-            "decoder": run(lambda: model.decoder(modulated)),
-            E2E: run(lambda: model.decoder(model.fusion(model.encoder(l_t), t_t)).cpu()),
-        }
+    def calls(feeds: Feeds) -> dict[str, Callable[[], object]]:
+        tensors = {k: torch.from_numpy(v).cuda() for k, v in feeds.items()}
+        with torch.autocast("cuda", dtype=torch.float16, enabled=half):
+            out = _torch_calls(model, specs, tensors, timed)
+        e2e = out[E2E]
+        out[E2E] = lambda: {k: v.cpu() for k, v in e2e().items()}  # the answer back on the host, as a client needs it
+        return out
 
     return Runner("pytorch-cuda", "cuda", "fp16" if half else "fp32", calls, note=torch.cuda.get_device_name(0))
 
 
+def _profile_shapes(spec, batch: int) -> str:
+    """TensorRT's shape string for a stage's inputs at ``batch``, e.g. ``L:8x1x224x224,TOKENS:8x32``."""
+    return ",".join(f"{t.name}:" + "x".join(str(d) for d in (batch, *t.dims)) for t in spec.inputs)
+
+
 def _tensorrt_runner(bm: BenchModel, fp16: bool) -> Runner:
-    s, t = bm.geometry.image_size, bm.geometry.max_tokens
-    f = "x".join(str(d) for d in bm.geometry.feature_shape)
-    # min/opt/max batch profiles: 1 / 8 / 16, matching the batch sweep.
-    profiles = {
-        "encoder": (f"L:1x1x{s}x{s}", f"L:8x1x{s}x{s}", f"L:16x1x{s}x{s}"),
-        "fusion": tuple(f"FEATURES:{b}x{f},TOKENS:{b}x{t}" for b in (1, 8, 16)),
-        "decoder": tuple(f"MODULATED:{b}x{f}" for b in (1, 8, 16)),
-    }
     specs = stage_specs(bm.geometry)
     sessions = {}
     for stage in STAGES:
-        lo, opt, hi = profiles[stage]
+        # min/opt/max batch profiles: 1 / 8 / 16, matching the batch sweep.
+        lo, opt, hi = (_profile_shapes(specs[stage], b) for b in (1, 8, 16))
         trt = {
             "trt_fp16_enable": fp16, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(bm.repository.parent / "trt_cache"),
             "trt_profile_min_shapes": lo, "trt_profile_opt_shapes": opt, "trt_profile_max_shapes": hi,
@@ -218,20 +218,10 @@ def _tensorrt_runner(bm: BenchModel, fp16: bool) -> Runner:
             str(stage_path(bm.repository, bm.family, stage)),
             providers=[("TensorrtExecutionProvider", trt), "CUDAExecutionProvider"],
         )
+    run_stage = _session_stage(sessions, specs)
 
-    def run(stage: str, *arrays):
-        spec = specs[stage]
-        return sessions[stage].run(spec.output_names, dict(zip(spec.input_names, arrays)))[0]
-
-    def calls(L, tokens):
-        feats = run("encoder", L)
-        modulated = run("fusion", feats, tokens)
-        return {
-            "encoder": lambda: run("encoder", L),
-            "fusion": lambda: run("fusion", feats, tokens),
-            "decoder": lambda: run("decoder", modulated),
-            E2E: lambda: run("decoder", run("fusion", run("encoder", L), tokens)),
-        }
+    def calls(feeds: Feeds) -> dict[str, Callable[[], object]]:
+        return chained_calls(run_stage, specs, feeds)
 
     precision = "fp16" if fp16 else "fp32"
     return Runner("onnxruntime-tensorrt", "cuda", precision, calls, note="TensorRT EP, profiles 1/8/16")

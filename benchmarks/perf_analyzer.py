@@ -6,8 +6,9 @@ pip, the binary extracted with ``zipfile`` into ``~/.cache/langcolor/perf_analyz
 the two shared libraries it wants (``libb64.so.0d``, ``libcudart.so.12``; no GPU needed) are
 symlinked there from the ``nvidia-pytriton`` wheel's bundled libraries.
 
-It is fed the very inputs our client sends (``--input-data`` JSON), since random TOKENS would fall
-outside the vocabulary and be rejected by the stage's range check.
+It is fed the very inputs our client sends (``--input-data`` JSON, every ensemble input by name),
+since random values would fall outside the declared ranges (token ids outside the vocabulary, for a
+caption family) and be rejected by the stage's range check.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -92,13 +94,15 @@ def version(binary: Path) -> str:
     return (out.stdout + out.stderr).strip().splitlines()[0] if out.returncode == 0 else f"unavailable ({out.returncode})"
 
 
-def write_input_data(path: Path, L: np.ndarray, tokens: np.ndarray) -> Path:
-    """perf_analyzer's ``--input-data`` JSON for one request: L [1,S,S] and TOKENS [T] (batch dim dropped)."""
-    assert L.shape[0] == 1 and tokens.shape[0] == 1, "one request of batch 1 per entry"
-    entry = {
-        "L": {"content": [round(float(v), 4) for v in L[0].ravel()], "shape": list(L.shape[1:])},
-        "TOKENS": {"content": [int(v) for v in tokens[0].ravel()], "shape": list(tokens.shape[1:])},
-    }
+def write_input_data(path: Path, feeds: Mapping[str, np.ndarray]) -> Path:
+    """perf_analyzer's ``--input-data`` JSON for one request: every input with its batch axis (of 1)
+    dropped; floats to 4 decimals (within any declared range the values came from), integers as is."""
+    entry = {}
+    for name, a in feeds.items():
+        assert a.shape[0] == 1, "one request of batch 1 per entry"
+        values = a[0].ravel()
+        content = [round(float(v), 4) for v in values] if a.dtype.kind == "f" else [int(v) for v in values]
+        entry[name] = {"content": content, "shape": list(a.shape[1:])}
     path.write_text(json.dumps({"data": [entry]}))
     return path
 

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .report import load_document, readme_tables, update_readme  # noqa: E402
+from .report import doc_family, load_document, readme_tables, update_readme  # noqa: E402
 
 STAGE_ORDER = ("encoder", "fusion", "decoder")
 
@@ -25,7 +25,7 @@ def _base(r: dict) -> bool:
 
 def _title(doc: dict, what: str) -> str:
     m = doc["machine"]
-    return (f"{what} ({doc.get('family', 'lcode')})\n{m['cpu_model'][:48]}, {m['logical_cores']} cores, "
+    return (f"{what} ({doc_family(doc)})\n{m['cpu_model'][:48]}, {m['logical_cores']} cores, "
             f"git {doc['git_revision'][:8]}")
 
 

@@ -1,11 +1,12 @@
 """Profile the client's own work on one photo per size: load, prepare, reconstruct, encode, and the
 whole ``langcolor colorize`` command, with a warm-up and the median of N repeats.
 
-    .venv/bin/python -m langcolor.benchmarks.prepost_profile --output /tmp/prepost.json
+    .venv/bin/python -m langcolor.benchmarks.prepost_profile --output /tmp/prepost.json [--model FAMILY]
 
 Photos are scikit-image's ``astronaut`` resized (bicubic) to 0.3, 3 and 12 megapixels and saved as
-JPEG quality 90; ab comes from the shipped model for a real caption, so the share of out-of-gamut
-colours is the product's, not a random field's. The command-line run is a fresh process each time
+JPEG quality 90; ab comes from the shipped model of ``--model`` (default: the default family) for a
+real user input (a caption for a text input, a photograph for an image input), so the share of
+out-of-gamut colours is the product's, not a random field's. The command-line run is a fresh process each time
 (model load included, as a user sees it); its peak resident memory comes from ``os.wait4``.
 Separate from ``bench.py`` on purpose: this is the client performance engineer's before/after tool.
 """
@@ -36,7 +37,7 @@ def _use_modules_from(folder: str) -> None:
 
     import langcolor.client
 
-    for name in ("errors", "lab", "imageio", "reconstruct", "colorizer", "colorize_cmd"):
+    for name in ("errors", "lab", "imageio", "reconstruct", "photo", "colorizer", "colorize_cmd"):
         path = Path(folder) / f"{name}.py"
         if path.is_file():
             spec = importlib.util.spec_from_file_location(f"langcolor.client.{name}", path)
@@ -49,6 +50,7 @@ def _use_modules_from(folder: str) -> None:
 if os.environ.get(OLD_ENV):
     _use_modules_from(os.environ[OLD_ENV])
 
+from langcolor.client import families  # noqa: E402
 from langcolor.client.colorizer import Colorizer  # noqa: E402
 from langcolor.client.imageio import encode_image, load_image  # noqa: E402
 from langcolor.client.reconstruct import prepare_l, reconstruct  # noqa: E402
@@ -77,6 +79,25 @@ def median_s(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def user_inputs(family: str, folder: Path) -> tuple[dict, list[str]]:
+    """The family's user inputs for the profile -> (``Colorizer`` keywords, ``langcolor colorize`` flags):
+    ``CAPTION`` for a text input, scikit-image's ``coffee`` photo (saved in ``folder``) for an image input."""
+    values, flags = {}, []
+    for f in families.get(family).inputs:
+        if f.kind == families.TEXT:
+            values[f.name] = CAPTION
+            flags += [f.flags[0], CAPTION]
+        else:
+            from PIL import Image
+            from skimage import data as skdata
+
+            path = Path(folder) / f"{f.name}.jpg"
+            Image.fromarray(skdata.coffee()).save(path, "JPEG", quality=90)
+            values[f.name] = path.read_bytes()
+            flags += [f.flags[0], str(path)]
+    return values, flags
+
+
 def cli_run(photo: Path, out: Path, extra: list[str]) -> tuple[float, float]:
     """-> (wall seconds, peak RSS MB) of one fresh ``langcolor colorize`` process.
 
@@ -88,7 +109,7 @@ def cli_run(photo: Path, out: Path, extra: list[str]) -> tuple[float, float]:
     code = "import sys; import langcolor.benchmarks.prepost_profile; from langcolor.client.cli import main; sys.exit(main())"
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
         cmd = ["/usr/bin/time", "-f", "%M", "-o", rss.name, sys.executable, "-c", code,
-               "colorize", str(photo), "-c", CAPTION, "-o", str(out), *extra]
+               "colorize", str(photo), "-o", str(out), *extra]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wall = time.perf_counter() - t0
@@ -121,6 +142,7 @@ def main() -> None:
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--cli-repeats", type=int, default=3)
     p.add_argument("--label", default="")
+    p.add_argument("--model", default=families.DEFAULT_FAMILY, choices=families.names(), help="model family")
     p.add_argument("--png-levels", action="store_true", help="only time PNG zlib levels 1, 3, 6, 9 on real photos")
     args = p.parse_args()
     if args.png_levels:
@@ -128,12 +150,15 @@ def main() -> None:
         if args.output:
             args.output.write_text(json.dumps({"png_levels": rows}, indent=1))
         return
-    col = Colorizer()
-    s = col.geometry.image_size
-    tokens = col.encode_caption(CAPTION).ids[None]  # [1, T]
+    col = Colorizer(model=args.model)
+    geometry = col.geometry
+    s = geometry.image_size
     has_level = "png_compression" in inspect.signature(encode_image).parameters
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        values, flags = user_inputs(args.model, Path(tmp))
+        conditions = {k: v[None] for k, v in col.condition(values).tensors.items()}  # each [1, ...]
+        flags += ["--model", args.model]
         for name in args.sizes:
             w, h = SIZES[name]
             jpeg = photo_jpeg(w, h)
@@ -142,7 +167,7 @@ def main() -> None:
             n = REPEATS[name]
             loaded = load_image(jpeg)
             l_full, l_small = prepare_l(loaded.rgb, s)  # [H, W], [1, S, S]
-            ab = col.infer_ab(l_small[None], tokens)[0]  # [2, S, S]
+            ab = col.infer({geometry.image.name: l_small[None], **conditions})[geometry.outputs[0].name][0]  # [2, S, S]
             rgb = reconstruct(l_full, ab)  # [H, W, 3] uint8
             row = {"size": name, "pixels": w * h}
             row["load_s"] = median_s(lambda: load_image(jpeg), n)
@@ -157,16 +182,16 @@ def main() -> None:
             row["encode_jpeg_s"] = median_s(lambda: encode_image(rgb, "JPEG"), n)
             row["jpeg_bytes"] = len(encode_image(rgb, "JPEG"))
             walls, peaks = [], []
-            cli_run(photo, Path(tmp) / "out.png", [])  # warm-up (page cache)
+            cli_run(photo, Path(tmp) / "out.png", flags)  # warm-up (page cache)
             for _ in range(args.cli_repeats):
-                wall, peak = cli_run(photo, Path(tmp) / "out.png", [])
+                wall, peak = cli_run(photo, Path(tmp) / "out.png", flags)
                 walls.append(wall)
                 peaks.append(peak)
             row["cli_s"] = statistics.median(walls)
             row["cli_peak_mb"] = max(peaks)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    result = {"label": args.label, "cpus": os.cpu_count(), "rows": rows}
+    result = {"label": args.label, "family": args.model, "cpus": os.cpu_count(), "rows": rows}
     if args.output:
         args.output.write_text(json.dumps(result, indent=1))
 

@@ -12,18 +12,21 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from langcolor.client.families import DEFAULT_FAMILY
+from langcolor.client.provenance import git_revision
+
 from .stats import LatencyStats
+from .targets import UNRECORDED_FAMILY
 
 SCHEMA = 1
 REQUIRED_ROW_KEYS = (
     "path", "family", "config", "stage", "batch", "concurrency", "device", "precision",
     "p50_ms", "p95_ms", "p99_ms", "throughput",
 )
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_row(path: str, config: str, stage: str, device: str, precision: str, stats: LatencyStats,
-             gflops_per_image: float | None = None, peak_gflops: float | None = None, family: str = "lcode",
+             gflops_per_image: float | None = None, peak_gflops: float | None = None, family: str = DEFAULT_FAMILY,
              **extra) -> dict:
     row = {"path": path, "family": family, "config": config, "stage": stage, "device": device,
            "precision": precision, **stats.to_dict()}
@@ -117,16 +120,6 @@ def versions() -> dict:
     return out
 
 
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10)
-        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def new_document(options: dict) -> dict:
     return {
         "schema": SCHEMA,
@@ -151,6 +144,11 @@ def write_document(doc: dict, path: Path) -> Path:
 
 def load_document(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def doc_family(doc: dict) -> str:
+    """The family a run measured (runs written before they recorded it measured the default family)."""
+    return doc.get("family", UNRECORDED_FAMILY)
 
 
 # --- markdown -------------------------------------------------------------------------------------
@@ -203,7 +201,7 @@ def readme_tables(doc: dict) -> str:
     rows = doc["results"]
     m = doc["machine"]
     parts = [
-        f"Model family `{doc.get('family', 'lcode')}`. "
+        f"Model family `{doc_family(doc)}`. "
         f"Run {doc['created']} on {m['cpu_model']} ({m['logical_cores']} logical cores, load {m['load_average_at_start']}), "
         f"git {doc['git_revision'][:12]}, peak {doc.get('peak', {}).get('gflops', float('nan')):.1f} GFLOP/s (fp32 matmul).\n",
         ("Other processes busy at the start: " + "; ".join(f"`{x}`" for x in m["other_busy_processes_at_start"]) + "\n")
@@ -253,7 +251,7 @@ def update_readme(readme: Path, docs: list[dict], paths: list[Path]) -> Path:
         rel = Path(os.path.relpath(Path(path).resolve(), readme.resolve().parent))
         stem = rel.with_suffix("")
         kind = "quick" if doc["options"].get("quick") else "full sweep"
-        family = doc.get("family", "lcode")
+        family = doc_family(doc)
         parts.append(f"## Figures: `{family}` {kind} run `{rel}`\n\n" + readme_tables(doc))
         for suffix, title in (("-latency-vs-batch.png", "latency vs batch"),
                               ("-throughput-vs-concurrency.png", "throughput vs concurrency"),

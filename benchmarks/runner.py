@@ -1,8 +1,7 @@
 """One benchmark run: every selected path on the same inputs, rows appended to one JSON document.
 
-A run measures one model family (``BenchOptions.family``: ``lcode`` or ``lcoins``); every row
-carries it, and the issue-5 targets are computed on that family's rows (``targets.py`` says whether
-they bind it).
+A run measures one model family (``BenchOptions.family``, any registered one); every row carries it,
+and the latency targets are computed on that family's rows (``targets.py`` says whether they bind it).
 
 Order per config: work per image (FLOP count) -> in-process paths (PyTorch, onnxruntime, GPU
 providers when present) over the batch sweep -> a real tritonserver on the config's repository
@@ -21,8 +20,10 @@ from pathlib import Path
 
 import torch
 
+from langcolor.client.families import DEFAULT_FAMILY
+
 from .flops import measure_peak, network_gflops_per_image
-from .models import CAPTION, BenchModel, load_model
+from .models import BenchModel, load_model
 from .paths import E2E, Runner, gpu_runners, onnxruntime_runner, pytorch_runner
 from .report import make_row, new_document, write_document
 from .stats import FULL, QUICK, Budget, measure
@@ -37,7 +38,7 @@ STAGES_E2E = ("encoder", "fusion", "decoder", E2E)
 @dataclass(frozen=True)
 class BenchOptions:
     quick: bool = True
-    family: str = "lcode"  # model family: which networks, ensemble and stage models are measured
+    family: str = DEFAULT_FAMILY  # model family: which networks, ensemble and stage models are measured
     configs: tuple[str, ...] = ("full", "small")
     paths: tuple[str, ...] = ALL_PATHS
     batches: tuple[int, ...] = (1,)
@@ -86,15 +87,14 @@ class Context:
 
 
 def _count_flops(bm: BenchModel) -> dict[str, float]:
-    L, tokens = bm.inputs(1)
-    return network_gflops_per_image(bm.model, torch.from_numpy(L), torch.from_numpy(tokens))
+    feeds = {k: torch.from_numpy(v) for k, v in bm.inputs(1).items()}
+    return network_gflops_per_image(bm.model, feeds)
 
 
 def run_in_process(ctx: Context, bm: BenchModel, runner: Runner) -> None:
     o = ctx.options
     for batch in o.batches:
-        L, tokens = bm.inputs(batch)
-        calls = runner.stage_calls(L, tokens)
+        calls = runner.stage_calls(bm.inputs(batch))
         stages = STAGES_E2E if batch in o.stage_batches else (E2E,)
         for stage in stages:
             stats = measure(calls[stage], batch, o.budget)
@@ -104,11 +104,7 @@ def run_in_process(ctx: Context, bm: BenchModel, runner: Runner) -> None:
 def run_config(ctx: Context, config: str) -> BenchModel:
     o = ctx.options
     bm = load_model(config, ctx.workdir, family=o.family)
-    ctx.doc.setdefault("models", {})[config] = {
-        "family": bm.family, "weights": bm.weights, "repository": str(bm.repository), "image_size": bm.geometry.image_size,
-        "max_tokens": bm.geometry.max_tokens, "feature_shape": list(bm.geometry.feature_shape),
-        "parameters": sum(p.numel() for p in bm.model.parameters()), "caption": CAPTION,
-    }
+    ctx.doc.setdefault("models", {})[config] = bm.describe()
     ctx.flops[config] = _count_flops(bm)
     ctx.doc.setdefault("flops", {})[config] = {k: float(f"{v:.6g}") for k, v in ctx.flops[config].items()}  # 6 significant digits: tiny nets are ~1e-4 GFLOP
     runners: list[Runner] = []
@@ -137,14 +133,13 @@ def run_config(ctx: Context, config: str) -> BenchModel:
 
 
 def run_prepost(ctx: Context, bm: BenchModel) -> None:
-    from .prepost import PHOTO_SIZES, STEPS, photo_jpeg, prepost_calls
+    from .prepost import PHOTO_SIZES, photo_jpeg, prepost_calls
 
     for size in ctx.options.photo_sizes:
         w, h = PHOTO_SIZES[size]
         jpeg = photo_jpeg(w, h)
-        calls = prepost_calls(bm, jpeg)
-        for step in STEPS:
-            stats = measure(calls[step], 1, ctx.options.prepost_budget)
+        for step, call in prepost_calls(bm, jpeg).items():
+            stats = measure(call, 1, ctx.options.prepost_budget)
             ctx.add("client-prepost", bm.config, step, "cpu", "fp32", stats, megapixels=round(w * h / 1e6, 2),
                     jpeg_bytes=len(jpeg))
 

@@ -1,5 +1,5 @@
 """The server half of a run: one tritonserver per config, every server path measured against the
-family's ensemble (``bm.family``: ``lcode`` or ``lcoins``) and its stage models."""
+family's ensemble (``bm.family``) and its stage models."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from langcolor.client.errors import LangcolorError
 
-from .models import CAPTION, BenchModel
+from .models import BenchModel
 from .server_paths import StageClient, closed_loop, colorize_calls, colorize_families, remote, running_server
 from .stats import measure
 
@@ -34,16 +34,16 @@ def run_server_paths(ctx, bm: BenchModel, repository: Path | None = None, varian
             rs = remote(server, protocol, bm)
             try:
                 for batch in batches:
-                    L, tokens = bm.inputs(batch)
-                    stats = measure(lambda: rs.infer_ab(L, tokens), batch, o.budget)
+                    feeds = bm.inputs(batch)
+                    stats = measure(lambda: rs.infer(feeds), batch, o.budget)
                     ctx.add(path, bm.config, "e2e", "cpu", "fp32", stats, variant=variant)
                 if per_stage and 1 in o.stage_batches and (protocol == "grpc" or not o.quick):
                     _stages(ctx, bm, server, protocol, path, variant)
-                L, tokens = bm.inputs(1)
+                feeds = bm.inputs(1)
                 for c in concurrencies:
                     if c == 1 and 1 in batches:
                         continue  # the sequential batch-1 row above is this point
-                    stats = closed_loop(lambda: rs.infer_ab(L, tokens), 1, c, o.budget)
+                    stats = closed_loop(lambda: rs.infer(feeds), 1, c, o.budget)
                     ctx.add(path, bm.config, "e2e", "cpu", "fp32", stats, variant=variant)
                 if colorize and protocol == "grpc" and "colorize" in o.paths:
                     _colorize(ctx, bm, rs, repository)
@@ -59,8 +59,7 @@ def _stages(ctx, bm: BenchModel, server, protocol: str, path: str, variant: str 
         for batch in ctx.options.stage_batches:
             if batch > 8:
                 continue  # a stage model takes at most max_batch_size (8) per request
-            L, tokens = bm.inputs(batch)
-            for stage, call in client.stage_calls(L, tokens).items():
+            for stage, call in client.stage_calls(bm.inputs(batch)).items():
                 stats = measure(call, batch, ctx.options.budget)
                 ctx.add(path, bm.config, stage, "cpu", "fp32", stats, variant=variant)
     finally:
@@ -77,15 +76,22 @@ def _colorize(ctx, bm: BenchModel, rs, repository: Path) -> None:
         log.info("%s; skipped", why)
         ctx.doc.setdefault("skipped", []).append(why)
         return
+    if bm.user_values is None:
+        # The endpoint takes user inputs (a caption, a photo), not tensors: with none that the family
+        # accepts, there is nothing to send it.
+        why = f"colorize: no representative user input that family {bm.family!r} accepts"
+        log.info("%s; skipped", why)
+        ctx.doc.setdefault("skipped", []).append(why)
+        return
     model = None if bm.family == families[0] else bm.family  # the default family needs no MODEL input
     for size in ctx.options.colorize_sizes:
         w, h = PHOTO_SIZES[size]
         jpeg = photo_jpeg(w, h)
-        for name, call in colorize_calls(rs, bm, jpeg, CAPTION, model).items():
+        for name, call in colorize_calls(rs, bm, jpeg, bm.user_values, model).items():
             stats = measure(call, 1, ctx.options.prepost_budget)
             ctx.add(name, bm.config, "e2e", "cpu", "fp32", stats, megapixels=round(w * h / 1e6, 2),
                     colorize_model=model if name == "colorize" else None,
-                    note="bytes in, PNG out; client+ensemble = decode, Lab, resize, tokenize, gRPC ensemble, reconstruct, PNG")
+                    note="bytes in, PNG out; client+ensemble = decode, Lab, resize, condition, gRPC ensemble, reconstruct, PNG")
 
 
 def _perf_analyzer(ctx, bm: BenchModel, server, variant: str | None) -> None:
@@ -99,8 +105,7 @@ def _perf_analyzer(ctx, bm: BenchModel, server, variant: str | None) -> None:
         ctx.doc.setdefault("skipped", []).append(f"perf_analyzer: {e}")
         return
     ctx.doc["versions"]["perf_analyzer"] = version(binary)
-    L, tokens = bm.inputs(1)
-    data = write_input_data(ctx.workdir / f"pa_input_{bm.family}_{bm.config}.json", L, tokens)
+    data = write_input_data(ctx.workdir / f"pa_input_{bm.family}_{bm.config}.json", bm.inputs(1))
     for c in ctx.options.concurrencies:
         # A window must hold several requests: five of our own p50 at this concurrency, 1 to 15 s.
         ours = [r for r in ctx.doc["results"] if r["path"] == "triton-grpc" and r["config"] == bm.config

@@ -1,31 +1,34 @@
-"""Paths through a real tritonserver: the family's ensemble (``lcode`` or ``lcoins``) over gRPC and
-HTTP, each stage model (``<family>_encoder`` ...), many callers at once, and the ``colorize`` bytes
-endpoint when it serves that family.
+"""Paths through a real tritonserver: the family's ensemble (``<family>``) over gRPC and HTTP, each
+stage model (``<family>_encoder`` ...), many callers at once, and the ``colorize`` bytes endpoint when
+it serves that family.
 
 The server is the bundled tritonserver started by ``langcolor.server.launcher.TritonServer`` on
 free loopback ports. End-to-end calls go through the project's own client (``RemoteStages``, with
-its checks), so the figure is what a user of ``Colorizer(server=...)`` pays; per-stage calls use
-``tritonclient`` directly on the stage models.
+its checks), so the figure is what a user of ``Colorizer(server=..., via="ensemble")`` pays;
+per-stage calls use ``tritonclient`` directly on the stage models. Tensor names come from the
+family's stage specs.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import numpy as np
 
+from langcolor.client import families, names, photo
 from langcolor.client.remote import RemoteStages
-from langcolor.client.spec import stage_specs
+from langcolor.client.spec import STAGES, stage_specs
 from langcolor.server.launcher import TritonServer, free_ports
 
-from .models import BenchModel
 from .stats import Budget, LatencyStats, summarize
+
+if TYPE_CHECKING:  # models imports torch; this module is also used by the torch-free soak
+    from .models import BenchModel
 
 log = logging.getLogger(__name__)
 
@@ -48,35 +51,38 @@ def url_for(server: TritonServer, protocol: str) -> str:
     return server.endpoints.grpc_url if protocol == "grpc" else server.endpoints.http_url
 
 
-def remote(server: TritonServer, protocol: str, bm: BenchModel, max_in_flight: int = 16) -> RemoteStages:
-    """The client on ``bm``'s ensemble; it refuses a served model whose tokenizer or geometry differs."""
+def remote(server: TritonServer, protocol: str, bm: "BenchModel", max_in_flight: int = 16) -> RemoteStages:
+    """The client on ``bm``'s ensemble; it refuses a served model whose conditioner files or geometry differ."""
     return RemoteStages(url_for(server, protocol), protocol=protocol, family=bm.family,
-                        tokenizer_sha256=bm.tokenizer.sha256, max_in_flight=max_in_flight, geometry=bm.geometry)
-
-
-def _colorize_param(text: str, key: str) -> str | None:
-    m = re.search(r'key:\s*"' + key + r'"\s*value:\s*\{\s*string_value:\s*"([^"]*)"', text)
-    return m.group(1) if m else None
+                        assets=bm.bundle.manifest.assets, max_in_flight=max_in_flight, geometry=bm.geometry)
 
 
 def colorize_families(repository: Path) -> tuple[str, ...]:
     """Families the repository's ``colorize`` endpoint serves, its default (``ensemble``) first; () if none.
 
     An endpoint with a ``families`` parameter takes the others through its ``MODEL`` input; an older
-    one serves only its ``ensemble``."""
-    config = Path(repository) / "colorize" / "config.pbtxt"
+    one serves only its ``ensemble`` (the default family when even that is absent)."""
+    from google.protobuf import text_format
+
+    from langcolor.export.triton_config import CONFIG_FILE, parse, read_parameters
+
+    config = Path(repository) / names.COLORIZE_MODEL / CONFIG_FILE
     if not config.is_file():
         return ()
-    text = config.read_text()
-    default = _colorize_param(text, "ensemble") or "lcode"  # the endpoint's default when the parameter is absent
-    others = [f.strip() for f in (_colorize_param(text, "families") or "").split(",") if f.strip()]
+    try:
+        params = read_parameters(parse(config.read_text()))
+    except text_format.ParseError as e:
+        log.warning("%s: unreadable (%s)", config, e)
+        return ()
+    default = params.get(names.PARAM_ENSEMBLE) or families.DEFAULT_FAMILY
+    others = [f.strip() for f in params.get(names.PARAM_FAMILIES, "").split(",") if f.strip()]
     return (default, *[f for f in others if f != default])
 
 
 class StageClient:
     """One stage model called directly (no ensemble), same tensors as the in-process stage."""
 
-    def __init__(self, server: TritonServer, protocol: str, bm: BenchModel):
+    def __init__(self, server: TritonServer, protocol: str, bm: "BenchModel"):
         if protocol == "grpc":
             import tritonclient.grpc as module
         else:
@@ -85,28 +91,25 @@ class StageClient:
         self.client = module.InferenceServerClient(url_for(server, protocol))
         self.specs = stage_specs(bm.geometry)
 
-    def call(self, stage: str, *arrays: np.ndarray) -> np.ndarray:
+    def call(self, stage: str, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The stage's inputs by name -> its outputs by name."""
         spec = self.specs[stage]
+        http = {"binary_data": True} if self.protocol == "http" else {}
         inputs = []
-        for t, a in zip(spec.inputs, arrays, strict=True):
+        for t in spec.inputs:
+            a = tensors[t.name]
             i = self.module.InferInput(t.name, list(a.shape), t.client_dtype)
-            if self.protocol == "http":
-                i.set_data_from_numpy(a, binary_data=True)
-            else:
-                i.set_data_from_numpy(a)
+            i.set_data_from_numpy(a, **http)
             inputs.append(i)
-        out = spec.output_names[0]
-        requested = [self.module.InferRequestedOutput(out, **({"binary_data": True} if self.protocol == "http" else {}))]
-        return self.client.infer(spec.model_name, inputs, outputs=requested).as_numpy(out)
+        requested = [self.module.InferRequestedOutput(n, **http) for n in spec.output_names]
+        result = self.client.infer(spec.model_name, inputs, outputs=requested)
+        return {n: result.as_numpy(n) for n in spec.output_names}
 
-    def stage_calls(self, L: np.ndarray, tokens: np.ndarray) -> dict[str, Callable[[], object]]:
-        feats = self.call("encoder", L)
-        modulated = self.call("fusion", feats, tokens)
-        return {
-            "encoder": lambda: self.call("encoder", L),
-            "fusion": lambda: self.call("fusion", feats, tokens),
-            "decoder": lambda: self.call("decoder", modulated),
-        }
+    def stage_calls(self, feeds: Mapping[str, np.ndarray]) -> dict[str, Callable[[], object]]:
+        from .models import stage_feeds
+
+        per_stage = stage_feeds(self.call, self.specs, feeds)
+        return {stage: (lambda s=stage: self.call(s, per_stage[s])) for stage in STAGES}
 
     def close(self) -> None:
         self.client.close()
@@ -165,21 +168,30 @@ def closed_loop(call: Callable[[], object], batch: int, concurrency: int, budget
     return summarize(flat, batch, concurrency, wall_s=wall)
 
 
-def colorize_calls(rs: RemoteStages, bm: BenchModel, image: bytes, caption: str,
+def wire_values(record: families.Family, values: Mapping[str, Any]) -> dict[str, bytes | str]:
+    """A family's user inputs as the ``colorize`` endpoint takes them: text as is, an image as its bytes."""
+    kinds = {f.name: f.kind for f in record.inputs}
+    return {k: (v if kinds[k] == families.TEXT else bytes(v)) for k, v in values.items() if v is not None}
+
+
+def colorize_calls(rs: RemoteStages, bm: "BenchModel", image: bytes, values: Mapping[str, Any],
                    model: str | None = None) -> dict[str, Callable[[], object]]:
-    """The bytes endpoint against the same work done by the client around the ensemble (both -> PNG).
-    ``model``: the endpoint's ``MODEL`` input (None: its default family, which must be ``bm.family``)."""
-    from langcolor.client.imageio import encode_image, load_image
-    from langcolor.client.reconstruct import prepare_l, reconstruct
+    """The bytes endpoint against the same work done by the client around the ensemble (both -> PNG):
+    prepare, condition, the ensemble, finish, encode: what ``Colorizer(via="ensemble")`` does.
+    ``values``: the family's user inputs; ``model``: the endpoint's ``MODEL`` input (None: its
+    default family, which must be ``bm.family``)."""
+    geometry = bm.geometry
+    wire = wire_values(bm.record, values)
 
     def client_side() -> bytes:
-        loaded = load_image(image)
-        l_full, l_small = prepare_l(loaded.rgb, bm.geometry.image_size)  # [H,W], [1,S,S]
-        tokens = bm.tokenizer.encode(caption).ids[None]  # [1,T]
-        ab = rs.infer_ab(l_small[None], tokens)  # [1,2,S,S]
-        return encode_image(reconstruct(l_full, ab[0]), "PNG")
+        prepared = photo.prepare(image, geometry.image_size)  # L [H,W] and [1,S,S]
+        conditioned = bm.conditioner.condition(values)
+        feeds = {geometry.image.name: prepared.l_small[None]}  # [1,1,S,S]
+        feeds.update({t.name: np.asarray(conditioned.tensors[t.name])[None] for t in geometry.condition_specs})
+        ab = rs.infer(feeds)[geometry.outputs[0].name]  # [1,2,S,S]
+        return photo.encode(prepared, photo.finish(prepared, ab[0]), "PNG")
 
     def endpoint() -> bytes:
-        return rs.colorize_bytes(image, caption) if model is None else rs.colorize_bytes(image, caption, model=model)
+        return rs.colorize_bytes(image, model=model, **wire).data
 
     return {"colorize": endpoint, "client+ensemble": client_side}

@@ -1,16 +1,17 @@
 """Load and soak against a real Triton server on loopback: many concurrent clients, a fixed number of
-requests, over gRPC and HTTP, to the ``lcode`` ensemble (tensors) and the ``colorize`` endpoint (bytes),
-or to the ``lcoins`` ensemble with ``--endpoint lcoins``.
+requests, over gRPC and HTTP, to a family's ensemble (tensors) and to the ``colorize`` endpoint (bytes).
 
     python -m langcolor.benchmarks.soak --requests 2000 --concurrency 16 [--output soak.json]
-    python -m langcolor.benchmarks.soak --endpoint lcoins --requests 1000
+    python -m langcolor.benchmarks.soak --endpoint FAMILY --requests 1000
 
-Without ``--server`` it starts its own tritonserver on free 127.0.0.1 ports from the shipped model
-repository and stops it at the end. Figures per (protocol, endpoint): errors (must be 0), p50/p99
-latency, throughput, and the resident memory of the server's whole process tree (tritonserver plus
-its Python-backend stubs) after warm-up and at the end, sampled along the way: a leak shows as
-steady growth. The run stops by itself: after ``--requests`` or ``--max-seconds``, whichever first.
-``tests/test_load.py`` runs a short version of the same ``run_load``.
+The endpoints are every registered family's ensemble and ``colorize``; ``--endpoint both`` (the
+default) is the default family's ensemble and ``colorize``. Without ``--server`` it starts its own
+tritonserver on free 127.0.0.1 ports from the shipped model repository and stops it at the end.
+Figures per (protocol, endpoint): errors (must be 0), p50/p99 latency, throughput, and the resident
+memory of the server's whole process tree (tritonserver plus its Python-backend stubs) after warm-up
+and at the end, sampled along the way: a leak shows as steady growth. The run stops by itself: after
+``--requests`` or ``--max-seconds``, whichever first. ``tests/test_load.py`` runs a short version of
+the same ``run_load``.
 """
 
 from __future__ import annotations
@@ -21,23 +22,38 @@ import json
 import logging
 import math
 import platform
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
+from langcolor.client import families, names
+from langcolor.client.errors import LangcolorError
+from langcolor.client.provenance import git_revision
+from langcolor.client.spec import ModelGeometry, ensemble_spec
+
 log = logging.getLogger(__name__)
 
-FAMILY_ENDPOINTS = ("lcode", "lcoins")  # ensembles: L, TOKENS -> AB
-ENDPOINTS = (*FAMILY_ENDPOINTS, "colorize")
-BOTH = ("lcode", "colorize")  # --endpoint both: the default family's ensemble and the bytes endpoint
+COLORIZE = names.COLORIZE_MODEL  # the bytes endpoint; every other endpoint is a family's ensemble
 PROTOCOLS = ("grpc", "http")
 REQUEST_TIMEOUT_S = 120.0
 MB = 1 << 20
+CAPTIONS = ("a red circle on a blue background", "a green square", "the yellow triangle and a purple diamond",
+            "a brown circle", "an orange square on a gray background")
+
+
+def endpoints() -> tuple[str, ...]:
+    """Every registered family's ensemble (the default first), then ``colorize``."""
+    return (*families.names(), COLORIZE)
+
+
+def both() -> tuple[str, ...]:
+    """``--endpoint both``: the default family's ensemble and the bytes endpoint."""
+    return (families.DEFAULT_FAMILY, COLORIZE)
 
 
 @dataclass(frozen=True)
@@ -85,36 +101,60 @@ def server_rss_mb(pid: int | None) -> float:
 # ------------------------------------------------------------------------------ requests
 @dataclass(frozen=True)
 class Workload:
-    """Inputs cycled through by every client: real photographs at several sizes, several captions."""
+    """Inputs cycled through by every client: real photographs at several sizes, several user inputs."""
 
-    l_planes: tuple[np.ndarray, ...]  # each float32 [1, 1, S, S]
-    tokens: tuple[np.ndarray, ...]  # each int64 [1, T]
+    family: str
+    geometry: ModelGeometry
+    feeds: tuple[dict[str, np.ndarray], ...]  # the ensemble's inputs, each batch 1 (image + conditions)
     images: tuple[bytes, ...]  # encoded PNG/JPEG
-    captions: tuple[bytes, ...]
+    values: tuple[dict[str, bytes], ...]  # the family's user inputs as the endpoint takes them (tensor name -> bytes)
 
 
-def default_workload(model_repository: Path, family: str = "lcode") -> Workload:
-    """Photos and captions for every endpoint; L planes and tokens sized and tokenized for ``family``."""
+def _user_values(record: families.Family, i: int, images: list[bytes]) -> dict[str, Any]:
+    """The ``i``-th user input of every field: a caption for text, another photo for an image."""
+    return {f.name: CAPTIONS[i % len(CAPTIONS)] if f.kind == families.TEXT else images[(i + 1) % len(images)]
+            for f in record.inputs}
+
+
+def default_workload(model_repository: Path, family: str | None = None) -> Workload:
+    """Photos and user inputs for ``family`` (None: the family the repository's ``colorize`` endpoint
+    colours by default); the ensemble's tensors made by its own conditioner and sized for it."""
     from PIL import Image
     from skimage import data as skdata
 
-    from langcolor.client.reconstruct import prepare_l
+    from langcolor.client import photo
     from langcolor.client.runtime import ModelBundle
 
+    from .server_paths import colorize_families
+
+    if family is None:
+        family = next(iter(colorize_families(model_repository)), families.DEFAULT_FAMILY)
     bundle = ModelBundle.load(model_repository, family=family, stages=False)
-    size = bundle.geometry.image_size
+    geometry = bundle.geometry
     photos = [skdata.astronaut()[::4, ::4], skdata.coffee()[::3, ::3], skdata.chelsea()[::2, ::2],
               np.repeat(skdata.camera()[::4, ::4, None], 3, axis=2)]
-    captions = ["a red circle on a blue background", "a green square", "the yellow triangle and a purple diamond",
-                "a brown circle", "an orange square on a gray background"]
     images = []
     for i, rgb in enumerate(photos):
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, "JPEG" if i % 2 else "PNG", quality=90)
         images.append(buf.getvalue())
-    l_planes = tuple(prepare_l(rgb / 255.0, size)[1][None].astype(np.float32) for rgb in photos)  # [1, 1, S, S]
-    tokens = tuple(bundle.tokenizer.encode_batch([c]) for c in captions)  # [1, T]
-    return Workload(l_planes, tokens, tuple(images), tuple(c.encode() for c in captions))
+    planes = [photo.prepare(im, geometry.image_size).l_small[None] for im in images]  # each [1, 1, S, S]
+    conditions, values = [], []
+    for i in range(max(len(CAPTIONS), len(images))):
+        given = _user_values(bundle.family, i, images)
+        try:
+            tensors = bundle.conditioner.condition(given).tensors
+        except LangcolorError as e:  # this family does not read this input; the others still load it
+            log.info("%s: input %d refused (%s)", family, i, e)
+            continue
+        conditions.append({t.name: np.asarray(tensors[t.name])[None] for t in geometry.condition_specs})  # [1, ...]
+        fields = {f.name: f for f in bundle.family.inputs}
+        values.append({fields[k].tensor_name: (v.encode() if isinstance(v, str) else v) for k, v in given.items()})
+    if not conditions:
+        raise LangcolorError(f"model '{family}' accepts none of the soak's inputs")
+    feeds = tuple({geometry.image.name: planes[i % len(planes)], **conditions[i % len(conditions)]}
+                  for i in range(max(len(planes), len(conditions))))
+    return Workload(family, geometry, feeds, tuple(images), tuple(values))
 
 
 class _Client:
@@ -133,6 +173,7 @@ class _Client:
                                                        network_timeout=REQUEST_TIMEOUT_S)
             self.kwargs = {}
         self.module, self.endpoint, self.work = module, endpoint, work
+        self.spec = ensemble_spec(work.geometry)
 
     def _input(self, name: str, array: np.ndarray, dtype: str):
         t = self.module.InferInput(name, list(array.shape), dtype)
@@ -141,20 +182,24 @@ class _Client:
 
     def request(self, i: int) -> None:
         w = self.work
-        if self.endpoint in FAMILY_ENDPOINTS:
-            L, tokens = w.l_planes[i % len(w.l_planes)], w.tokens[i % len(w.tokens)]
-            out = self.client.infer(self.endpoint, [self._input("L", L, "FP32"), self._input("TOKENS", tokens, "INT64")],
-                                    **self.kwargs).as_numpy("AB")
-            if out is None or out.shape != (1, 2, *L.shape[2:]) or not np.isfinite(out).all():
-                raise ValueError(f"bad AB answer: {None if out is None else out.shape}")
+        if self.endpoint != COLORIZE:
+            feeds = w.feeds[i % len(w.feeds)]
+            out_spec = w.geometry.outputs[0]  # AB: the colour every caller wants
+            inputs = [self._input(t.name, feeds[t.name], t.client_dtype) for t in self.spec.inputs]
+            out = self.client.infer(self.endpoint, inputs, **self.kwargs).as_numpy(out_spec.name)
+            if out is None or out.shape != (1, *out_spec.dims) or not np.isfinite(out).all():
+                raise ValueError(f"bad {out_spec.name} answer: {None if out is None else out.shape}")
         else:
-            image = np.array([[w.images[i % len(w.images)]]], dtype=np.object_)  # [1, 1]
-            caption = np.array([[w.captions[i % len(w.captions)]]], dtype=np.object_)
-            out = self.client.infer("colorize", [self._input("IMAGE", image, "BYTES"),
-                                                 self._input("CAPTION", caption, "BYTES")], **self.kwargs)
-            png = out.as_numpy("COLORIZED")
+            def one(data: bytes) -> np.ndarray:
+                return np.array([[data]], dtype=np.object_)  # [1, 1]
+
+            values: Mapping[str, bytes] = w.values[i % len(w.values)]
+            inputs = [self._input(names.IMAGE, one(w.images[i % len(w.images)]), "BYTES")]
+            inputs += [self._input(name, one(data), "BYTES") for name, data in values.items()]
+            out = self.client.infer(COLORIZE, inputs, **self.kwargs)
+            png = out.as_numpy(names.COLORIZED)
             if png is None or not bytes(png.reshape(-1)[0]).startswith(b"\x89PNG"):
-                raise ValueError("COLORIZED is not a PNG")
+                raise ValueError(f"{names.COLORIZED} is not a PNG")
 
     def close(self) -> None:
         try:
@@ -179,7 +224,8 @@ def run_load(
     Each thread makes its own connection and warms it up (``warmup`` requests in all); the start
     memory is read once every thread is warm, then all are released together.
     """
-    assert protocol in PROTOCOLS and endpoint in ENDPOINTS and requests >= 1 and concurrency >= 1
+    assert protocol in PROTOCOLS and requests >= 1 and concurrency >= 1
+    assert endpoint in (COLORIZE, work.family), f"a workload for {work.family} cannot feed {endpoint}"
     warm_each = max(1, (warmup if warmup is not None else 2 * concurrency) // concurrency)
     latencies: list[float] = []
     errors: list[str] = []
@@ -266,27 +312,20 @@ def run_load(
 
 
 def summary_line(r: LoadResult) -> str:
-    return (f"{r.protocol:4s} {r.endpoint:8s} {r.requests} requests x{r.concurrency}: errors {r.errors}, "
+    return (f"{r.protocol:4s} {r.endpoint:9s} {r.requests} requests x{r.concurrency}: errors {r.errors}, "
             f"p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, {r.throughput_rps:.1f} req/s, "
             f"server RSS {r.rss_start_mb:.0f} -> {r.rss_end_mb:.0f} MiB (max {r.rss_max_mb:.0f})")
 
 
 # ------------------------------------------------------------------------------ command line
-def _git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m langcolor.benchmarks.soak", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--requests", type=int, default=1000, help="requests per protocol and endpoint")
     p.add_argument("--concurrency", type=int, default=16, help="concurrent clients")
     p.add_argument("--protocol", choices=(*PROTOCOLS, "both"), default="both")
-    p.add_argument("--endpoint", choices=(*ENDPOINTS, "both"), default="both", help="both: lcode and colorize")
+    p.add_argument("--endpoint", choices=(*endpoints(), "both"), default="both",
+                   help=f"a family's ensemble or {COLORIZE}; both: {' and '.join(both())}")
     p.add_argument("--max-seconds", type=float, default=600.0, help="stop each run after this long")
     p.add_argument("--server", metavar="HOST", help="use a running server on HOST (with --grpc-port/--http-port)")
     p.add_argument("--grpc-port", type=int, default=8001)
@@ -303,9 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     from langcolor.server.launcher import LOOPBACK, TritonServer, free_ports
 
     repo = args.model_repository or default_model_repository()
-    endpoints = BOTH if args.endpoint == "both" else (args.endpoint,)
-    # colorize's images and captions are the same for any family; the ensembles need their own T and S
-    works = {e: default_workload(repo, e if e in FAMILY_ENDPOINTS else "lcode") for e in endpoints}
+    chosen = both() if args.endpoint == "both" else (args.endpoint,)
+    # each ensemble gets its own family's tensors; colorize the inputs of the family it colours by default
+    works = {e: default_workload(repo, None if e == COLORIZE else e) for e in chosen}
     server = None
     if args.server:
         host, grpc_port, http_port, pid = args.server, args.grpc_port, args.http_port, args.server_pid
@@ -318,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for protocol in PROTOCOLS if args.protocol == "both" else (args.protocol,):
             url = f"{host}:{grpc_port if protocol == 'grpc' else http_port}"
-            for endpoint in endpoints:
+            for endpoint in chosen:
                 r = run_load(url, protocol, endpoint, works[endpoint], args.requests, args.concurrency, pid,
                              max_seconds=args.max_seconds)
                 print(summary_line(r), file=sys.stderr)
@@ -329,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpus": __import__("os").cpu_count()},
-        "git_revision": _git_revision(),
+        "git_revision": git_revision(short=True),
         "model_repository": str(repo),
         "runs": [asdict(r) | {"rss_growth_mb": r.rss_growth_mb} for r in results],
         "errors": sum(r.errors for r in results),

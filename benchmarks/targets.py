@@ -1,31 +1,33 @@
-"""The issue's three targets, computed from a run's rows (so they can be recomputed from any JSON).
+"""The three latency targets, computed from a run's rows (so they can be recomputed from any JSON).
 
-Issue 5 set its goals on L-CoDe's ``full`` network. A run of another family (``lcoins``) gets the
-same three ratios on its own ``full`` rows with the same goals, marked ``binding: false``: two of
-them measure the serving stack (the server's fixed overhead, scaling with callers), which is the
-same for any family, so they are worth reading; but they were never set as L-CoIns targets, and
-issue 7 gates L-CoIns on caption-following quality, not latency.
+The goals were set on the default family's ``full`` network (``families.DEFAULT_FAMILY``, what
+``langcolor colorize`` runs without ``--model``): for it they bind. A run of any other family gets
+the same three ratios on its own ``full`` rows with the same goals, marked ``binding: false``: two
+of them measure the serving stack (the server's fixed overhead, scaling with callers), which is the
+same for any family, so they are worth reading; but they were never set as that family's goals.
 """
 
 from __future__ import annotations
 
-TARGET_CONFIG = "full"
-TARGET_FAMILY = "lcode"  # the family issue 5's goals were set on
+from langcolor.client.families import DEFAULT_FAMILY
 
-_NOTES = {
-    TARGET_FAMILY: "Issue 5's targets, set on the lcode full network: binding.",
-    "lcoins": (
-        "Reference only (binding: false): issue 5 set these goals on the lcode full network. For lcoins "
-        "the same ratios are computed on its own full network (random weights) with the same goals. "
-        "Triton vs in-process and concurrency 8 vs 1 measure the serving stack, the same for any family; "
-        "onnxruntime vs PyTorch measures the runtime on this network's graph. Issue 7 gates lcoins on "
-        "quality ('the default stays lcode until lcoins measures better'), not on latency."
-    ),
-}
+TARGET_CONFIG = "full"
+TARGET_FAMILY = DEFAULT_FAMILY  # the family the goals bind
+# Rows written before a run recorded its family came from the default family, the only one then.
+UNRECORDED_FAMILY = DEFAULT_FAMILY
 
 
 def targets_note(family: str) -> str:
-    return _NOTES.get(family, _NOTES["lcoins"].replace("lcoins", family))
+    """One paragraph for the run's JSON and the README: whether the targets bind ``family``."""
+    if family == TARGET_FAMILY:
+        return f"Latency targets set on the default family's full network ({TARGET_FAMILY}): binding."
+    return (
+        f"Reference only (binding: false): these goals were set on the default family's full network "
+        f"({TARGET_FAMILY}). For {family} the same ratios are computed on its own full network with the "
+        "same goals. Triton vs in-process and concurrency 8 vs 1 measure the serving stack, the same for "
+        "any family; onnxruntime vs PyTorch measures the runtime on this network's graph. A family other "
+        "than the default is judged on how well it colours, not on these latency goals."
+    )
 
 
 def _one(rows: list[dict], **match) -> dict | None:
@@ -36,8 +38,8 @@ def _one(rows: list[dict], **match) -> dict | None:
 def evaluate_targets(rows: list[dict], config: str = TARGET_CONFIG, family: str = TARGET_FAMILY) -> list[dict]:
     """ORT vs PyTorch at batch 1; Triton gRPC vs ORT at batch 1; Triton throughput c=8 vs c=1.
 
-    Only ``family``'s rows count (rows written before families existed are ``lcode``)."""
-    rows = [r for r in rows if r.get("family", TARGET_FAMILY) == family]
+    Only ``family``'s rows count; they bind only for ``TARGET_FAMILY``."""
+    rows = [r for r in rows if r.get("family", UNRECORDED_FAMILY) == family]
     e2e = dict(config=config, stage="e2e", batch=1)
     torch_row = _one(rows, path="pytorch", concurrency=1, **e2e)
     ort_row = _one(rows, path="onnxruntime", concurrency=1, **e2e)

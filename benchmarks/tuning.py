@@ -14,9 +14,9 @@ import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from langcolor.client.runtime import ModelBundle
-from langcolor.client.spec import STAGES, stage_specs
-from langcolor.export.triton_config import CONFIG_FILE, Target, stage_config
+from langcolor.client.runtime import VERSION
+from langcolor.client.spec import MANIFEST_FILE, STAGES, ModelManifest, stage_specs
+from langcolor.export.triton_config import CONFIG_FILE, Target, stage_config, to_text
 
 from .models import BenchModel
 from .paths import E2E, OrtOptions, ort_variant_runner
@@ -53,15 +53,15 @@ def run_ort_variants(ctx, bm: BenchModel, batches: tuple[int, ...] = (1, 8),
     for options in variants:
         runner = ort_variant_runner(bm, options)
         for batch in batches:
-            L, tokens = bm.inputs(batch)
-            stats = measure(runner.stage_calls(L, tokens)[E2E], batch, ctx.options.budget)
+            stats = measure(runner.stage_calls(bm.inputs(batch))[E2E], batch, ctx.options.budget)
             ctx.add("onnxruntime", bm.config, E2E, "cpu", "fp32", stats, variant=f"ort:{options.label}",
                     note="raw sessions, no input checks")
 
 
 def run_pytorch_threads(ctx, bm: BenchModel, threads: int = 1, batches: tuple[int, ...] = (1,)) -> None:
     """PyTorch eager with ``threads`` intra-op threads: on a CPU shared with other jobs, torch's OpenMP
-    barriers wait for a descheduled thread at every small op (the LSTM steps in fusion above all)."""
+    barriers wait for a descheduled thread at every small op (an LSTM's steps, a transformer's many
+    small products)."""
     import torch
 
     from .paths import pytorch_runner
@@ -71,8 +71,7 @@ def run_pytorch_threads(ctx, bm: BenchModel, threads: int = 1, batches: tuple[in
     try:
         runner = pytorch_runner(bm)
         for batch in batches:
-            L, tokens = bm.inputs(batch)
-            calls = runner.stage_calls(L, tokens)
+            calls = runner.stage_calls(bm.inputs(batch))
             for stage in ("fusion", E2E):
                 stats = measure(calls[stage], batch, ctx.options.budget)
                 ctx.add("pytorch", bm.config, stage, "cpu", "fp32", stats, variant=f"torch:threads={threads}")
@@ -80,15 +79,15 @@ def run_pytorch_threads(ctx, bm: BenchModel, threads: int = 1, batches: tuple[in
         torch.set_num_threads(before)
 
 
-def write_variant(repository: Path, out: Path, target: Target, family: str = "lcode") -> Path:
+def write_variant(repository: Path, out: Path, target: Target, family: str) -> Path:
     """Copy ``repository`` to ``out`` with ``family``'s three stage configs regenerated for ``target``."""
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(repository, out)
-    geom = ModelBundle.load(repository, family=family, stages=False).geometry
+    geom = ModelManifest.load(Path(repository) / family / VERSION / MANIFEST_FILE).geometry
     specs = stage_specs(geom)
     for stage in STAGES:
         spec = specs[stage]
-        (out / spec.model_name / CONFIG_FILE).write_text(stage_config(spec, geom, target))
+        (out / spec.model_name / CONFIG_FILE).write_text(to_text(stage_config(spec, target)))
     return out
 
 

@@ -1,4 +1,4 @@
-"""langcolor's client side: image I/O, Lab, tokenization, in-process and remote inference. No torch.
+"""langcolor's client side: image I/O, Lab, conditioning, in-process and remote inference. No torch.
 
 The public names below are imported lazily, so ``import langcolor.client.cli`` (every ``langcolor``
 command) does not pay for onnxruntime or tokenizers until a command needs them.
@@ -11,7 +11,9 @@ import importlib
 _EXPORTS = {
     "Colorizer": "colorizer",
     "ColorizeResult": "colorizer",
-    "PreparedImage": "colorizer",
+    "Prepared": "photo",
+    "prepare": "photo",
+    "finish": "photo",
     "ModelBundle": "runtime",
     "OnnxStages": "runtime",
     "CaptionTokenizer": "tokenizer",

@@ -2,11 +2,14 @@
 
 Three stages overlap, joined by one bound on images in flight so memory stays flat:
 
-    thread pool:  read bytes -> sha256 -> (already done? stop) -> decode, Lab, resize  (Colorizer.prepare)
-    inference:    batches of ``batch_size`` L planes + token rows -> ab               (Colorizer.infer_ab)
+    thread pool:  read bytes -> sha256 -> (already done? stop) -> condition, decode, Lab, resize (prepare)
+    inference:    batches of ``batch_size`` images + their conditions -> ab           (Colorizer.infer)
                   in-process one batch at a time; with a server ``in_flight`` requests at once, so
                   Triton's dynamic batcher has work to merge
     thread pool:  upsample ab, put the original L back, encode, write atomically, record   (finish)
+
+With ``--server`` the thin client skips the middle: each image's bytes and inputs go to the
+``colorize`` endpoint, and the encoded image that comes back is written as it is.
 
 A bad file fails alone and the run goes on; a server that stays away after the client's retries
 stops the run (the images not reached are simply not done; rerunning finishes them). Paths are
@@ -15,46 +18,50 @@ planned and checked in ``batch_sources``, records and atomic writes live in ``ba
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
+import io
 import logging
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from . import families
 from .batch_sources import STATE_DIR, BatchItem, plan_batch
-from .batch_state import Failure, FailureReport, JobKey, RecordLog, remove_stale_temporaries, write_atomic
-from .errors import LangcolorError, ServerError
-from .imageio import DEFAULT_MAX_PIXELS, encode_image
+from .batch_state import Failure, FailureReport, JobKey, RecordLog, condition_key, remove_stale_temporaries
+from .errors import LangcolorError, ServerError, clip
+from .families import IMAGE, Note
+from .imageio import DEFAULT_MAX_PIXELS, encode_image, read_bytes
+from .outputs import write_atomic
+from .photo import Prepared, encode, finish
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 8
 SERVER_IN_FLIGHT = 4  # concurrent requests to a server: enough for Triton's dynamic batcher to merge
 MAX_REASON_CHARS = 300  # per failure in the log and the report
-_NO_PIXELS = np.zeros((0, 0, 3), dtype=np.float32)
 
 
 @dataclass(frozen=True)
 class BatchOptions:
     source: Path  # a folder, or a CSV/JSONL manifest
     output: Path
-    captions: Path | None = None  # manifest of captions for a folder source
-    default_caption: str | None = None  # for images without a caption; None: they are skipped
-    server: str | None = None  # HOST:PORT of a Triton server; None: in-process ONNX Runtime
-    protocol: str = "grpc"
+    manifest: Path | None = None  # manifest of inputs for a folder source
+    inputs: dict[str, str] = field(default_factory=dict)  # the model's inputs for the whole run (--caption, --reference)
+    server: str | None = None  # URL of a Triton server; None: in-process ONNX Runtime
+    protocol: str | None = None
+    via: str = "endpoint"  # with a server: the colorize endpoint, or the family's ensemble
     workers: int | None = None  # decode/encode threads; None: the CPU count (at most 8)
     batch_size: int = DEFAULT_BATCH_SIZE
     in_flight: int | None = None  # inference batches at once; None: 1 in-process, SERVER_IN_FLIGHT with a server
     format: str = "png"  # png | jpeg | same
     max_pixels: int = DEFAULT_MAX_PIXELS  # used when run_batch builds the Colorizer itself
-    model: str = "lcode"
+    model: str = families.DEFAULT_FAMILY
     model_repository: Path | None = None
     progress: bool = True
 
@@ -71,14 +78,15 @@ class BatchOptions:
 class BatchSummary:
     total: int  # images planned (including skipped and failed)
     done: int  # colorized and written by this run
-    already_done: int  # finished by an earlier run, same input, caption and model
-    skipped: int  # no caption
+    already_done: int  # finished by an earlier run, same input, inputs and model
+    skipped: int  # a required input missing (no caption)
     failed: int
     seconds: float  # from the loaded model to the last image written
     report: Path  # the JSONL failure report
     failures: tuple[Failure, ...]
     skipped_inputs: tuple[str, ...]
     aborted: str | None = None  # why the run stopped before the end, None if it did not
+    notes: dict[str, int] = field(default_factory=dict)  # note kind -> images of this run that got it
 
     @property
     def images_per_s(self) -> float:
@@ -91,28 +99,25 @@ class BatchSummary:
 
 @dataclass(frozen=True)
 class _Ready:
-    """An image decoded and prepared, waiting for inference."""
+    """An image read and keyed; prepared and conditioned for the network, or its bytes for the endpoint."""
 
     item: BatchItem
     input_sha256: str
     key: JobKey
-    prepared: Any  # Colorizer.PreparedImage
-    tokens: np.ndarray  # int64 [T]
+    prepared: Prepared | None = None  # in-process / ensemble
+    conditions: dict[str, np.ndarray] | None = None  # per sample
+    notes: tuple[Note, ...] = ()
+    data: bytes | None = None  # endpoint: the file's bytes
 
 
 def model_identity(colorizer: Any) -> str:
     """The weights hash that goes into every record: a different model redoes every image.
 
-    With a server, the hash the server declares for the model it serves wins over the local manifest.
-    """
-    served = getattr(getattr(colorizer, "_stages", None), "served_weights_sha256", None)
-    if served:
-        return served
-    for owner in (colorizer, getattr(colorizer, "bundle", None)):
-        manifest = getattr(owner, "manifest", None)
-        if manifest is not None:
-            return manifest.weights_sha256
-    raise LangcolorError("the colorizer does not expose its model manifest (weights hash); cannot record outputs")
+    With a server, the hash the server declares for the model it serves wins over the local manifest."""
+    try:
+        return colorizer.weights_sha256
+    except AttributeError as e:
+        raise LangcolorError("the colorizer does not expose its weights hash; cannot record outputs") from e
 
 
 def _stops_the_run(e: BaseException | None) -> bool:
@@ -132,26 +137,42 @@ def _reason(e: BaseException) -> str:
         log.debug("unexpected error", exc_info=e)
         text = f"{type(e).__name__}: {e}"
     # A message may quote its input (a 100 000-character caption); one report line stays readable.
-    cut = " ... (cut short)"
-    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - len(cut)] + cut
+    return clip(text, MAX_REASON_CHARS)
 
 
 class _Pipeline:
     def __init__(self, colorizer: Any, records: RecordLog, report: FailureReport, options: BatchOptions, weights: str):
         self.colorizer, self.records, self.report, self.options = colorizer, records, report, options
         self.weights = weights
+        self.family = families.get(options.model)
+        self.kinds = {f.name: f.kind for f in self.family.inputs}
+        self.remote = colorizer.via == "endpoint"
         self.out_dir = Path(options.output).absolute()
         self.done = self.already = self.failed = 0
         self.aborted: str | None = None
-        self._captions: dict[str, np.ndarray] = {}
+        self.notes: dict[str, int] = {}
+        self._conditions: dict[str, Any] = {}  # condition key -> Conditioned (in-process / ensemble)
+        self._hashes: dict[str, str] = {}  # image input path -> sha256
 
     # --- work done in the threads -------------------------------------------------------------
-    def _tokens(self, caption: str) -> np.ndarray:
-        ids = self._captions.get(caption)
-        if ids is None:
-            ids = np.asarray(self.colorizer.encode_caption(caption).ids, dtype=np.int64)  # [T]
-            self._captions[caption] = ids
-        return ids
+    def _key_values(self, inputs: dict[str, str]) -> dict[str, str]:
+        """The inputs as records key them: text as it is, an image input by its content hash."""
+        out = {}
+        for name, value in inputs.items():
+            if self.kinds.get(name) == IMAGE:
+                digest = self._hashes.get(value)
+                if digest is None:
+                    digest = self._hashes[value] = hashlib.sha256(read_bytes(value)).hexdigest()
+                out[name] = "sha256:" + digest
+            else:
+                out[name] = value
+        return out
+
+    def _condition(self, key: str, inputs: dict[str, str]):
+        conditioned = self._conditions.get(key)
+        if conditioned is None:
+            conditioned = self._conditions[key] = self.colorizer.condition(inputs)
+        return conditioned
 
     def _prepare(self, item: BatchItem) -> _Ready | None:
         try:
@@ -159,33 +180,46 @@ class _Pipeline:
         except OSError as e:
             raise LangcolorError(f"cannot read ({e.strerror or e})") from e
         sha = hashlib.sha256(data).hexdigest()
-        key = JobKey(self.options.model, self.weights, item.caption or "", item.out_format)
+        inputs = item.inputs or {}
+        key = JobKey(self.options.model, self.weights, condition_key(self._key_values(inputs)), item.out_format)
         if self.records.is_done(item.out_rel, sha, key):
             return None
-        tokens = self._tokens(item.caption or "")  # CaptionError fails this image alone
+        if self.remote:
+            return _Ready(item, sha, key, data=data)
+        conditioned = self._condition(key.condition, inputs)  # CaptionError fails this image alone
         prepared = self.colorizer.prepare(data)
-        # finish() needs only the L planes and the metadata: drop the float RGB copy (12 bytes a
-        # pixel) so an image waiting for inference holds a third of the memory.
-        prepared = dataclasses.replace(prepared, loaded=dataclasses.replace(prepared.loaded, rgb=_NO_PIXELS))
-        return _Ready(item, sha, key, prepared, tokens)
+        return _Ready(item, sha, key, prepared, dict(conditioned.tensors), conditioned.notes)
 
-    def _infer(self, batch: list[_Ready]) -> np.ndarray:
-        l_small = np.stack([r.prepared.l_small for r in batch])  # [B, 1, S, S]
-        tokens = np.stack([r.tokens for r in batch])  # [B, T]
-        ab = self.colorizer.infer_ab(l_small, tokens)  # [B, 2, S, S]
+    def _infer(self, batch: list[_Ready]) -> list:
+        if self.remote:  # each image to the endpoint, all in flight together
+            fmt = {"PNG": "png", "JPEG": "jpeg"}
+            futures = [self.colorizer.submit_encoded(r.data, r.item.inputs or {}, fmt.get(r.item.out_format, "png"))
+                       for r in batch]
+            return [f.exception() or f.result() for f in futures]  # an image the server refused fails alone
+        geom = self.colorizer.geometry
+        feeds = {geom.image.name: np.stack([r.prepared.l_small for r in batch])}  # [B, 1, S, S]
+        for t in geom.condition_specs:
+            feeds[t.name] = np.stack([r.conditions[t.name] for r in batch])  # [B, ...]
+        ab = self.colorizer.infer(feeds)[geom.outputs[0].name]  # [B, 2, S, S]
         assert ab.shape[0] == len(batch), (ab.shape, len(batch))
-        return ab
+        return list(ab)
 
-    def _finish(self, ready: _Ready, ab: np.ndarray) -> None:  # ab [2, S, S]
-        rgb = self.colorizer.finish(ready.prepared, ab)  # [H, W, 3] uint8, original L
-        loaded = ready.prepared.loaded
-        data = encode_image(rgb, ready.item.out_format, exif=loaded.exif, icc=loaded.icc)
-        target = self.out_dir / ready.item.out_rel
-        try:
-            write_atomic(target, data)
-        except OSError as e:
-            raise LangcolorError(f"cannot write {target}: {e.strerror or e}") from e
-        self.records.add(ready.item.out_rel, ready.item.rel, ready.input_sha256, ready.key, len(data))
+    def _finish(self, ready: _Ready, result) -> tuple[Note, ...]:
+        if self.remote:
+            data, notes = result.data, result.notes
+            if ready.item.out_format not in ("PNG", "JPEG"):  # TIFF: the endpoint answers PNG; re-encode here
+                from PIL import Image
+
+                with Image.open(io.BytesIO(data)) as im:
+                    rgb, exif, icc = np.asarray(im.convert("RGB")), im.info.get("exif"), im.info.get("icc_profile")
+                data = encode_image(rgb, ready.item.out_format, exif=exif, icc=icc)
+        else:
+            rgb = finish(ready.prepared, result)  # [H, W, 3] uint8, original L
+            data, notes = encode(ready.prepared, rgb, ready.item.out_format), ready.notes
+        write_atomic(self.out_dir / ready.item.out_rel, data, make_parents=True)
+        self.records.add(ready.item.out_rel, ready.item.rel, ready.input_sha256, ready.key, len(data),
+                         tuple(n.to_dict() for n in notes))
+        return notes
 
     # --- the scheduler, on the calling thread -------------------------------------------------
     def _fail(self, item: BatchItem, e: BaseException, bar: tqdm) -> None:
@@ -257,15 +291,23 @@ class _Pipeline:
                             for r in payload:
                                 self._fail(r.item, LangcolorError(f"inference failed: {_reason(error)}"), bar)
                         else:
-                            ab = future.result()  # [B, 2, S, S]
-                            for i, r in enumerate(payload):
-                                pending[pool.submit(self._finish, r, ab[i])] = ("finish", r)
+                            for r, result in zip(payload, future.result()):
+                                if _stops_the_run(result):
+                                    self.aborted = self.aborted or str(result)
+                                    outstanding -= 1
+                                elif isinstance(result, BaseException):
+                                    outstanding -= 1
+                                    self._fail(r.item, LangcolorError(f"inference failed: {_reason(result)}"), bar)
+                                else:
+                                    pending[pool.submit(self._finish, r, result)] = ("finish", r)
                     else:
                         outstanding -= 1
                         if error is not None:
                             self._fail(payload.item, error, bar)
                         else:
                             self.done += 1
+                            for note in future.result():
+                                self.notes[note.kind] = self.notes.get(note.kind, 0) + 1
                             bar.update(1)
                     bar.set_postfix(failed=self.failed, refresh=False)
         finally:
@@ -286,6 +328,7 @@ def _load_colorizer(options: BatchOptions) -> Any:
         protocol=options.protocol,
         model_repository=options.model_repository,
         max_pixels=options.max_pixels,
+        via=options.via,
     )
 
 
@@ -295,7 +338,8 @@ def run_batch(options: BatchOptions, colorizer: Any = None) -> BatchSummary:
     ``colorizer`` lets a caller reuse a loaded ``Colorizer`` (its own ``max_pixels`` then applies).
     Raises ``LangcolorError`` when the job is refused (unsafe paths, collisions, a locked folder).
     """
-    plan = plan_batch(options.source, options.output, options.captions, options.default_caption, options.format)
+    record = families.get(options.model)
+    plan = plan_batch(options.source, options.output, options.manifest, options.inputs, options.format, record.inputs)
     # The model (or the server) first: a refused connection or model leaves no empty output folder.
     colorizer = colorizer if colorizer is not None else _load_colorizer(options)
     out_dir = Path(options.output).absolute()
@@ -305,10 +349,12 @@ def run_batch(options: BatchOptions, colorizer: Any = None) -> BatchSummary:
         raise LangcolorError(f"cannot create output folder {out_dir}: {e.strerror or e}") from e
     weights = model_identity(colorizer)
     started = time.perf_counter()
-    work = [item for item in plan.items if item.caption is not None]
-    skipped = tuple(item.rel for item in plan.items if item.caption is None)
-    for rel in skipped:
-        log.warning("%s: skipped, no caption (give one in the manifest or use --default-caption)", rel)
+    work = [item for item in plan.items if item.inputs is not None]
+    skipped = tuple(item.rel for item in plan.items if item.inputs is None)
+    for item in plan.items:
+        if item.inputs is None:
+            log.warning("%s: skipped, no %s (give it in the manifest or for the whole run with --%s)",
+                        item.rel, item.missing_input, item.missing_input)
     with RecordLog(out_dir) as records, FailureReport(out_dir) as report:
         remove_stale_temporaries(out_dir)
         for rel, reason in plan.missing:
@@ -330,6 +376,7 @@ def run_batch(options: BatchOptions, colorizer: Any = None) -> BatchSummary:
         failures=failures,
         skipped_inputs=skipped,
         aborted=pipeline.aborted,
+        notes=dict(pipeline.notes),
     )
 
 
@@ -363,18 +410,20 @@ def write_benchmark_photos(folder: Path, count: int = 300, seed: int = 0) -> lis
 
 
 def benchmark_batch(
-    source: Path, workdir: Path, colorizer: Any, caption: str = "a photo", batch_size: int = DEFAULT_BATCH_SIZE,
-    workers: int | None = None, in_flight: int | None = None, server: str | None = None,
+    source: Path, workdir: Path, colorizer: Any, inputs: dict[str, str] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, in_flight: int | None = None,
+    server: str | None = None,
 ) -> dict:
     """End-to-end images/s of ``run_batch`` over ``source`` next to the model's own images/s
-    (``infer_ab`` alone at the same batch size), so the figure says how close the pipeline
+    (``Colorizer.infer`` alone at the same batch size), so the figure says how close the pipeline
     comes to what the model allows. Writes into a fresh folder under ``workdir``."""
     from PIL import Image
 
+    inputs = dict(inputs if inputs is not None else {"caption": "a photo"})
     out = Path(workdir) / f"bench-{time.time_ns()}"
     options = BatchOptions(
-        source=Path(source), output=out, default_caption=caption, batch_size=batch_size, workers=workers,
-        in_flight=in_flight, server=server, progress=False,
+        source=Path(source), output=out, inputs=inputs, batch_size=batch_size, workers=workers,
+        in_flight=in_flight, server=server, progress=False, model=colorizer.family.name,
     )
     summary = run_batch(options, colorizer)
     pixels = 0
@@ -384,14 +433,16 @@ def benchmark_batch(
                 pixels += im.size[0] * im.size[1]
     geom = colorizer.geometry
     rng = np.random.default_rng(0)
-    l_small = rng.uniform(0, 100, (batch_size, 1, geom.image_size, geom.image_size)).astype(np.float32)  # [B, 1, S, S]
-    tokens = np.repeat(np.asarray(colorizer.encode_caption(caption).ids, np.int64)[None], batch_size, 0)  # [B, T]
+    feeds = {geom.image.name: rng.uniform(0, 100, (batch_size, *geom.image.dims)).astype(np.float32)}  # [B, 1, S, S]
+    conditioned = colorizer.condition(inputs)
+    for t in geom.condition_specs:
+        feeds[t.name] = np.repeat(conditioned.tensors[t.name][None], batch_size, 0)  # [B, ...]
     for _ in range(2):  # warm-up
-        colorizer.infer_ab(l_small, tokens)
+        colorizer.infer(feeds)
     calls = max(3, summary.done // batch_size)
     t0 = time.perf_counter()
     for _ in range(calls):
-        colorizer.infer_ab(l_small, tokens)
+        colorizer.infer(feeds)
     model_ips = calls * batch_size / (time.perf_counter() - t0)
     return {
         "images": summary.done,

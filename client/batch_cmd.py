@@ -8,21 +8,25 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from . import families
 from .batch import DEFAULT_BATCH_SIZE, SERVER_IN_FLIGHT, BatchOptions, run_batch
+from .colorize_cmd import add_input_flags, add_server_flags
 from .imageio import DEFAULT_MAX_PIXELS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", type=Path, metavar="SRC",
-                        help="folder of photos (walked recursively) or a CSV/JSONL manifest of path,caption")
+                        help="folder of photos (walked recursively) or a CSV/JSONL manifest (path + the model's inputs)")
     parser.add_argument("--output", "-o", type=Path, required=True, metavar="DIR",
                         help="output folder (outside the source tree); relative paths are kept")
-    parser.add_argument("--captions", type=Path, metavar="FILE",
-                        help="CSV (path,caption) or JSONL manifest of captions for a folder SRC, paths relative to SRC")
-    parser.add_argument("--default-caption", metavar="TEXT",
-                        help="caption for images without one (otherwise they are skipped)")
-    parser.add_argument("--server", metavar="HOST:PORT", help="Triton server; default: run in-process")
-    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="protocol to the server")
+    parser.add_argument("--manifest", "--captions", dest="manifest", type=Path, metavar="FILE",
+                        help="CSV (path,caption,...) or JSONL manifest of inputs for a folder SRC, paths relative to SRC")
+    parser.add_argument("--model", default=families.DEFAULT_FAMILY, choices=families.names(),
+                        help="model family (`langcolor models` describes each)")
+    add_input_flags(parser)
+    parser.add_argument("--default-caption", dest="input__caption", metavar="TEXT", default=None,
+                        help="the same as --caption: the caption of images the manifest gives none")
+    add_server_flags(parser)
     parser.add_argument("--workers", type=int, help="decode/encode threads (default: CPU count, at most 8)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per inference call")
     parser.add_argument("--in-flight", type=int,
@@ -30,28 +34,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("png", "jpeg", "same"), default="png",
                         help="output format; 'same' keeps PNG/JPEG/TIFF inputs' format (others become PNG)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels")
-    parser.add_argument("--model", default="lcode", help="model family in the model repository")
     parser.add_argument("--model-repository", type=Path,
-                        help="model repository (default: the shipped one); with --server only its manifest and "
-                        "tokenizer are read, and must match the served model")
+                        help="model repository (default: the shipped one); with --server --via ensemble its "
+                        "manifest and assets are read, and must match the served model")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.captions is None and args.default_caption is None and args.source.is_dir():
-        print("langcolor batch: error: a folder SRC needs --captions FILE or --default-caption TEXT", file=sys.stderr)
-        return 2
+    from .errors import LangcolorError
+
+    record = families.get(args.model)
+    given = {k.removeprefix("input__"): v for k, v in vars(args).items() if k.startswith("input__") and v is not None}
+    foreign = sorted(set(given) - set(record.input_names))
+    if foreign:
+        raise LangcolorError(f"model '{record.name}' does not take {', '.join('--' + n for n in foreign)}")
+    needs = [f.name for f in record.inputs if f.required and f.name not in given]
+    if needs and args.manifest is None and args.source.is_dir():
+        flags = " and ".join(f"--{n}" for n in needs)
+        raise LangcolorError(f"a folder SRC needs --manifest FILE or {flags} (model '{record.name}' needs {', '.join(needs)})")
     for flag, value in (("--batch-size", args.batch_size), ("--max-pixels", args.max_pixels)):
         if value < 1:
-            print(f"langcolor batch: error: {flag} must be at least 1", file=sys.stderr)
-            return 2
+            raise LangcolorError(f"{flag} must be at least 1")
     options = BatchOptions(
         source=args.source,
         output=args.output,
-        captions=args.captions,
-        default_caption=args.default_caption,
+        manifest=args.manifest,
+        inputs=given,
         server=args.server,
         protocol=args.protocol,
+        via=args.via,
         workers=args.workers,
         batch_size=args.batch_size,
         in_flight=args.in_flight,
@@ -67,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         f"done {summary.done}, already done {summary.already_done}, skipped {summary.skipped}, "
         f"failed {summary.failed} of {summary.total} in {summary.seconds:.1f} s ({summary.images_per_s:.2f} images/s)"
     )
+    for kind, count in sorted(summary.notes.items()):
+        print(f"note: {count} image(s) with '{kind}' (see the notes in {args.output}/.langcolor/records.jsonl)")
     if summary.failed:
         print(f"failures: {summary.report}")
     if summary.aborted:

@@ -4,8 +4,10 @@
   into place, so a reader never sees half an image. A run killed mid-write leaves only the
   temporary file, which the next run removes (under the folder's lock, so never another run's).
 - After each rename one line is appended (and fsynced) to ``DIR/.langcolor/records.jsonl``. It ties
-  the output to the input's content hash, the model (family and weights hash) and the caption; a
-  rerun skips an image only when all of these match and the output file still has the recorded size.
+  the output to the input's content hash, the model (family and weights hash) and the condition (the
+  caption's text, a reference image's content hash, ...); a rerun skips an image only when all of
+  these match and the output file still has the recorded size. The notes on how the inputs were read
+  (ignored words, a caption without effect) are kept beside them.
   A line cut short by SIGKILL is ignored; at the start of a run the log is compacted (atomically).
 - ``DIR/failures.jsonl`` gets one line per failure of this run (input path and reason), written as
   failures happen so a killed run still tells what failed so far.
@@ -16,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from .batch_sources import STATE_DIR
 from .errors import LangcolorError
+from .outputs import TMP_MARK, write_atomic
 
 try:
     import fcntl
@@ -35,16 +37,20 @@ log = logging.getLogger(__name__)
 RECORDS_FILE = "records.jsonl"
 LOCK_FILE = "lock"
 REPORT_FILE = "failures.jsonl"
-TMP_MARK = ".langcolor-tmp-"  # temporary outputs are named ".<name>.langcolor-tmp-<pid>-<hex>"
+
+
+def condition_key(values: dict[str, str]) -> str:
+    """The canonical text of what the model is told (an image input by its content hash): records key on it."""
+    return json.dumps(dict(sorted(values.items())), ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
 class JobKey:
     """What, besides the input's bytes, decides an output's pixels."""
 
-    model: str  # family, e.g. "lcode"
+    model: str  # family
     weights_sha256: str
-    caption: str
+    condition: str  # condition_key of the inputs
     out_format: str
 
 
@@ -55,28 +61,22 @@ class OutputRecord:
     input_sha256: str
     model: str
     weights_sha256: str
-    caption: str
+    condition: str
     out_format: str
     output_size: int  # bytes; a truncated or replaced output no longer counts as done
     written_at: float
+    notes: tuple = ()  # how the inputs were read (Note.to_dict() each); not part of the key
 
     def key(self) -> JobKey:
-        return JobKey(self.model, self.weights_sha256, self.caption, self.out_format)
+        return JobKey(self.model, self.weights_sha256, self.condition, self.out_format)
 
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a fsynced temporary file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    @classmethod
+    def from_json(cls, raw: dict) -> "OutputRecord":
+        raw = dict(raw)
+        if "condition" not in raw and "caption" in raw:  # a record written when captions were the only input
+            raw["condition"] = condition_key({"caption": raw.pop("caption")})
+        raw["notes"] = tuple(raw.get("notes", ()))
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
 
 
 def remove_stale_temporaries(out_dir: Path) -> int:
@@ -139,13 +139,11 @@ class RecordLog:
         records: dict[str, OutputRecord] = {}
         if not self.path.exists():
             return records
-        names = {f.name for f in fields(OutputRecord)}
         bad = 0
         for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                raw = json.loads(line)
-                record = OutputRecord(**{k: raw[k] for k in names})
-            except (json.JSONDecodeError, KeyError, TypeError):
+                record = OutputRecord.from_json(json.loads(line))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                 bad += 1  # a line cut short by a kill; the image is simply redone
                 continue
             records[record.output] = record  # the last record of an output wins
@@ -166,11 +164,12 @@ class RecordLog:
         except OSError:
             return False
 
-    def add(self, out_rel: str, in_rel: str, input_sha256: str, key: JobKey, output_size: int) -> None:
+    def add(self, out_rel: str, in_rel: str, input_sha256: str, key: JobKey, output_size: int,
+            notes: tuple = ()) -> None:
         assert self._log is not None, "RecordLog used outside its with-block"
         record = OutputRecord(
-            out_rel, in_rel, input_sha256, key.model, key.weights_sha256, key.caption, key.out_format,
-            output_size, time.time(),
+            out_rel, in_rel, input_sha256, key.model, key.weights_sha256, key.condition, key.out_format,
+            output_size, time.time(), tuple(notes),
         )
         line = json.dumps(asdict(record), sort_keys=True) + "\n"
         with self._mutex:

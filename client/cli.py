@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("langcolor.export.export_cmd", "export the three ONNX stages and write a Triton model repository"),
     "serve": ("langcolor.server.serve", "start tritonserver on the model repository"),
     "colorize": ("langcolor.client.colorize_cmd", "colorize one photo (in-process, or through a server)"),
+    "models": ("langcolor.client.models_cmd", "list the model families, their inputs and the words they know"),
     "batch": ("langcolor.client.batch_cmd", "colorize a folder or manifest of photos, resumably"),
     "bench": ("langcolor.benchmarks.bench", "latency and throughput per stage and end to end"),
 }
@@ -39,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def build_parser(selected: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="langcolor",
-        description="Colorize black-and-white photographs from a caption.",
+        description="Colorize black-and-white photographs: from a caption, a reference photo, or automatically.",
         formatter_class=_DefaultsFormatter,
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")

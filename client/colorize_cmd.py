@@ -1,30 +1,68 @@
-"""``langcolor colorize PHOTO --caption TEXT -o OUT.png``: one photo, in-process or through a server.
+"""``langcolor colorize PHOTO [--caption TEXT | --reference REF ...] -o OUT.png``: one photo, in-process
+or through a server.
 
-Everything that can be checked cheaply (output path, caption) is checked before the model is
-loaded or the photo decoded; every user error is a ``LangcolorError`` that the CLI prints as one
-line with exit status 2. The output is written atomically, so a failure never leaves half a file.
+The inputs a family takes beside the photo (``--caption``, ``--reference``, ...) are flags generated
+from the families' declared inputs; a flag the chosen ``--model`` does not take is refused. Everything
+that can be checked cheaply (output path, inputs) is checked before the model is loaded or the photo
+decoded; every user error is a ``LangcolorError`` that the CLI prints as one line with exit status 2.
+The output is written atomically, so a failure never leaves half a file.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
-import numpy as np
-
-from .imageio import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION, load_image
+from . import families
+from .imageio import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION
 
 RECONSTRUCT_THREADS = 2  # one photo: split its rows over two threads (the full-resolution step)
 
 
+def add_input_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per user input any family declares (``--caption``, ``--reference``, ...)."""
+    group = p.add_argument_group("what the model is told (see `langcolor models` for each family's inputs)")
+    for f in families.all_inputs():
+        users = ", ".join(n for n in families.names() if f.name in families.get(n).input_names)
+        metavar = "TEXT" if f.kind == families.TEXT else "IMAGE"
+        group.add_argument(*f.flags, dest=f"input__{f.name}", default=None, metavar=metavar,
+                           help=f"{f.help} ({users})")
+
+
+def given_inputs(args: argparse.Namespace, family: str) -> dict[str, str]:
+    """The user inputs given on the command line, checked against what ``family`` takes."""
+    from .errors import LangcolorError
+
+    given = {k.removeprefix("input__"): v for k, v in vars(args).items() if k.startswith("input__") and v is not None}
+    record = families.get(family)
+    foreign = sorted(set(given) - set(record.input_names))
+    if foreign:
+        takes = ", ".join("--" + n for n in record.input_names) or "nothing beside the photo"
+        raise LangcolorError(f"model '{family}' takes {takes}; not {', '.join('--' + n for n in foreign)}")
+    missing = [f.name for f in record.inputs if f.required and f.name not in given]
+    if missing:
+        raise LangcolorError(f"model '{family}' needs {', '.join('--' + n for n in missing)}")
+    return given
+
+
+def add_server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="use a Triton server instead of running in-process: grpc://HOST:PORT, http://HOST:PORT, "
+                   "or HOST:PORT with --protocol")
+    p.add_argument("--protocol", choices=("grpc", "http"), default=None,
+                   help="protocol for a bare HOST:PORT (default: grpc; a URL's scheme decides otherwise)")
+    p.add_argument("--via", choices=("endpoint", "ensemble"), default="endpoint",
+                   help="with --server: the colorize endpoint (bytes in, bytes out; no local model needed) or "
+                   "the family's ensemble (tensors; prepares the photo here, needs the model repository)")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("photo", help="input photograph (JPEG, PNG, TIFF, ...; grayscale or colour)")
-    p.add_argument("--caption", "-c", required=True, help='what the colours should be, e.g. "a red car on green grass"')
     p.add_argument("--output", "-o", required=True, help="output file; the extension picks PNG, JPEG or TIFF")
-    p.add_argument("--model", default="lcode", help="model family in the model repository")
-    p.add_argument("--server", default=None, metavar="HOST:PORT", help="use a Triton server instead of running in-process")
-    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="protocol for --server")
+    p.add_argument("--model", default=families.DEFAULT_FAMILY, choices=families.names(),
+                   help="model family (`langcolor models` describes each)")
+    add_input_flags(p)
+    add_server_flags(p)
     p.add_argument(
         "--model-repository", default=None, metavar="DIR",
         help="model repository (default: the shipped model_repository/, or $LANGCOLOR_MODEL_REPOSITORY)",
@@ -41,10 +79,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def print_notes(notes) -> None:
+    for note in notes:
+        print(note.message)
+
+
 def run(args: argparse.Namespace) -> int:
-    from .colorizer import ColorizeResult, Colorizer, check_output_path  # here so `langcolor --help` stays fast
+    from .colorizer import Colorizer  # here so `langcolor --help` stays fast
+    from .outputs import check_output_path
 
     out = check_output_path(args.output)
+    inputs = given_inputs(args, args.model)
     t0 = time.perf_counter()
     colorizer = Colorizer(
         model=args.model,
@@ -53,25 +98,15 @@ def run(args: argparse.Namespace) -> int:
         model_repository=args.model_repository,
         max_pixels=args.max_pixels,
         intra_op_threads=args.threads,
+        via=args.via,
     )
-    # The caption is tokenized once, without Colorizer.encode_caption's log warning: the unknown
-    # words are printed below, once. CaptionError comes before the photo is decoded.
-    encoded = colorizer.tokenizer.encode(args.caption)
-    loaded = load_image(args.photo, max_pixels=args.max_pixels)
-    prepared = colorizer.prepare(loaded)
-    # From here on only L and the metadata are needed: let the float RGB go (12 bytes a pixel,
-    # 144 MB for 12 MP) before the output is built and encoded.
-    loaded = dataclasses.replace(loaded, rgb=np.zeros((0, 0, 3), np.float32))
-    prepared = dataclasses.replace(prepared, loaded=loaded)
-    ab = colorizer.infer_ab(prepared.l_small[None], encoded.ids[None])[0]  # [1,1,S,S], [1,T] -> [2,S,S]
-    rgb = colorizer.finish(prepared, ab, threads=RECONSTRUCT_THREADS)  # [H, W, 3] uint8
-    result = ColorizeResult(rgb, ab, encoded.unknown, loaded.exif, loaded.icc)
-    colorizer.save(result, out, png_compression=args.png_compression, jpeg_quality=args.jpeg_quality)
-    w, h = loaded.size
-    where = f"server {args.server} ({args.protocol})" if args.server else "in-process"
-    if encoded.unknown:
-        print(f"ignored unknown words: {' '.join(encoded.unknown)}")
-    if encoded.split:  # WordPiece models read words outside their vocabulary as known pieces
-        print(f"words outside the vocabulary, read as word pieces: {' '.join(encoded.split)}")
+    try:
+        result = colorizer.colorize(args.photo, threads=RECONSTRUCT_THREADS, **inputs)
+        colorizer.save(result, out, png_compression=args.png_compression, jpeg_quality=args.jpeg_quality)
+    finally:
+        colorizer.close()
+    h, w = result.rgb.shape[:2]
+    where = f"server {args.server} ({colorizer.via})" if args.server else "in-process"
+    print_notes(result.notes)
     print(f"wrote {out} ({w}x{h}, {where}, {time.perf_counter() - t0:.2f} s)")
     return 0

@@ -1,96 +1,129 @@
 """``Colorizer``: one Python API for in-process inference and for a Triton server.
 
-The image side (decoding, Lab, full-resolution reconstruction) and the caption side (tokenizer)
-always run here; only ``infer_ab`` differs: local onnxruntime sessions (``OnnxStages``) by default,
-or the served ``<family>`` ensemble with ``server="host:port"`` (``RemoteStages``). Both get the same
-validated ``L`` and ``TOKENS`` tensors, so both paths give the same pixels.
+Three ways to run, the same pixels:
+
+- in-process (default): the family's conditioner, ``prepare``/``finish`` and the ONNX stages here;
+- ``server=URL`` (the thin client): image bytes and the user's inputs go to the ``colorize``
+  endpoint, an encoded image comes back; no local manifest, tokenizer or model is needed;
+- ``server=URL, via="ensemble"``: prepare, condition and finish here, only the tensors go to the
+  ``<family>`` ensemble (the client then needs the model repository's manifest and assets, and
+  checks that the server has the same ones before any pixel is sent).
+
+User inputs are keyword arguments named as the family declares them (``caption=``, ``reference=``);
+``langcolor models`` lists each family's.
 """
 
 from __future__ import annotations
 
+import io
 import logging
-import os
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .errors import OutputError
-from .imageio import (
-    DEFAULT_JPEG_QUALITY,
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_PNG_COMPRESSION,
-    LoadedImage,
-    encode_image,
-    format_for_path,
-    from_array,
-    load_image,
-)
-from .reconstruct import prepare_l, reconstruct
-from .runtime import ModelBundle, OnnxStages, check_model_inputs
+from . import families, names
+from .errors import LangcolorError
+from .families import Note
+from .imageio import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION, encode_image, format_for_path, read_bytes
+from .outputs import check_output_path, write_atomic
+from .photo import Prepared, Source, finish, load, prepare
 from .spec import ModelGeometry
-from .tokenizer import CaptionTokenizer, EncodedCaption
 
 log = logging.getLogger(__name__)
 
-Source = Union[str, Path, bytes, np.ndarray, LoadedImage]  # a file, its bytes, or pixels in memory
-DEFAULT_BATCH = 8  # images per infer_ab call in colorize_many (the served ensemble batches up to 8)
-
-
-@dataclass(frozen=True)
-class PreparedImage:
-    loaded: LoadedImage
-    l_full: np.ndarray  # float32 [H, W], the photo's own L
-    l_small: np.ndarray  # float32 [1, S, S], the network's input
+DEFAULT_BATCH = 8  # images per inference call in colorize_many (the served ensemble batches up to 8)
+VIAS = ("endpoint", "ensemble")
 
 
 @dataclass(frozen=True)
 class ColorizeResult:
     rgb: np.ndarray  # uint8 [H, W, 3], L equal to the input's
-    ab_small: np.ndarray  # float32 [2, S, S], the network's prediction
-    unknown_words: tuple[str, ...]  # caption words the model ignored
+    notes: tuple[Note, ...] = ()  # how the inputs were read: ignored words, a caption without effect, ...
+    outputs: Mapping[str, np.ndarray] = field(default_factory=dict)  # the network's outputs (AB [2, S, S], ...); not via the endpoint
     exif: bytes | None = None  # the input's metadata, carried to the saved file
     icc: bytes | None = None
+    encoded: bytes | None = None  # the endpoint's encoded file, when it came from one
+    encoded_format: str | None = None
+
+    @property
+    def ab_small(self) -> np.ndarray:
+        return self.outputs[names.AB]
+
+    @property
+    def unknown_words(self) -> tuple[str, ...]:
+        return tuple(w for n in self.notes if n.kind == "unknown-words" for w in n.words)
+
+
+def _to_bytes(source: Source) -> bytes:
+    """Image bytes for the wire: a file's own bytes, or pixels in memory encoded as PNG."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    if isinstance(source, (str, Path)):
+        return read_bytes(source)  # the same errors as decoding: missing file, directory, empty
+    loaded = load(source)
+    rgb8 = np.clip(np.rint(loaded.rgb * 255.0), 0, 255).astype(np.uint8)
+    return encode_image(rgb8, "PNG")
+
+
+def _wire_value(field_kind: str, value: Any) -> bytes:
+    return _to_bytes(value) if field_kind == families.IMAGE else (value if isinstance(value, bytes) else str(value).encode("utf-8"))
 
 
 class Colorizer:
     def __init__(
         self,
-        model: str = "lcode",
+        model: str = families.DEFAULT_FAMILY,
         server: str | None = None,
-        protocol: str = "grpc",
+        protocol: str | None = None,
         model_repository: str | Path | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         intra_op_threads: int | None = None,
         device: str = "cpu",
+        via: str = "endpoint",
     ) -> None:
-        # The manifest and tokenizer are read locally in both modes: the caption is tokenized here,
-        # and the server is asked to confirm it serves a model with the same tokenizer hash.
-        self.bundle = ModelBundle.load(model_repository, family=model, stages=server is None)
+        if via not in VIAS:
+            raise LangcolorError(f"via must be one of {', '.join(VIAS)}, got {via!r}")
+        self.family = families.get(model)
         self.max_pixels = int(max_pixels)
+        self.server = server
+        self.via = via if server else "in-process"
+        self.bundle = None
+        if server is None or via == "ensemble":
+            from .runtime import ModelBundle
+
+            # The conditioner runs here: the caption is tokenized, the reference resized, locally.
+            self.bundle = ModelBundle.load(model_repository, family=model, stages=server is None)
         if server is None:
+            from .runtime import OnnxStages
+
             self._stages = OnnxStages(self.bundle, intra_op_threads=intra_op_threads, device=device)
         else:
             from .remote import RemoteStages  # tritonclient is only needed for the server path
 
             self._stages = RemoteStages(
-                server,
-                protocol=protocol,
-                family=model,
-                tokenizer_sha256=self.bundle.tokenizer.sha256,
-                geometry=self.bundle.geometry,  # a different served model is refused on connect
+                server, protocol=protocol, family=model,
+                assets=self.bundle.manifest.assets if self.bundle else None,
+                geometry=self.bundle.geometry if self.bundle else None,  # a different served model is refused on connect
+                endpoint=via == "endpoint",
             )
-        self.server = server
 
     @property
     def geometry(self) -> ModelGeometry:
+        if self.bundle is None:
+            raise LangcolorError("the thin client has no model geometry; use via='ensemble' or run in-process")
         return self.bundle.geometry
 
     @property
-    def tokenizer(self) -> CaptionTokenizer:
-        return self.bundle.tokenizer
+    def conditioner(self):
+        if self.bundle is None:
+            raise LangcolorError("the thin client has no local conditioner; use via='ensemble' or run in-process")
+        return self.bundle.conditioner
+
+    @property
+    def tokenizer(self):
+        return self.conditioner.tokenizer
 
     @property
     def weights_sha256(self) -> str:
@@ -99,112 +132,96 @@ class Colorizer:
         served = getattr(self._stages, "served_weights_sha256", None)  # RemoteStages only
         return served or self.bundle.manifest.weights_sha256
 
+    def close(self) -> None:
+        self._stages.close()
+
     # ------------------------------------------------------------------ steps
-    def prepare(self, source: Source) -> PreparedImage:
-        if isinstance(source, LoadedImage):
-            loaded = source
-        elif isinstance(source, np.ndarray):
-            loaded = from_array(source, max_pixels=self.max_pixels)
-        else:
-            loaded = load_image(source, max_pixels=self.max_pixels)
-        l_full, l_small = prepare_l(loaded.rgb, self.geometry.image_size)  # [H, W], [1, S, S]
-        return PreparedImage(loaded, l_full, l_small)
+    def prepare(self, source: Source) -> Prepared:
+        return prepare(source, self.geometry.image_size, self.max_pixels)
 
-    def encode_caption(self, caption: str | bytes) -> EncodedCaption:
-        encoded = self.tokenizer.encode(caption)
-        if encoded.unknown:
-            log.warning("caption words unknown to the model, ignored: %s", " ".join(encoded.unknown))
-        return encoded
+    def condition(self, values: Mapping[str, Any]):
+        """The user's inputs -> the family's condition tensors and notes (``LangcolorError`` if refused)."""
+        unknown = sorted(set(values) - set(self.family.input_names))
+        if unknown:
+            raise LangcolorError(f"model '{self.family.name}' takes {', '.join(self.family.input_names) or 'no input'}"
+                                 f" beside the photo, not {', '.join(unknown)}")
+        return self.conditioner.condition(values)
 
-    def infer_ab(self, l_small: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """L ``[B, 1, S, S]`` + tokens ``[B, T]`` -> ab ``[B, 2, S, S]`` (validated first, both paths)."""
-        check_model_inputs(l_small, tokens, self.geometry)
-        return self._stages.infer_ab(l_small, tokens)
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Batched ensemble inputs -> outputs (validated first, in-process or on the server's ensemble)."""
+        return self._stages.infer(feeds)
 
-    def finish(self, prepared: PreparedImage, ab: np.ndarray, threads: int = 1) -> np.ndarray:
-        """ab ``[2, S, S]`` -> uint8 ``[H, W, 3]`` with the photo's own L; ``threads`` > 1 splits the
-        rows over a thread pool (worth it for one large photo; a batch already runs images in parallel)."""
-        return reconstruct(prepared.l_full, ab, threads=threads)  # uint8 [H, W, 3]
+    def finish(self, prepared: Prepared, ab: np.ndarray, threads: int = 1) -> np.ndarray:
+        return finish(prepared, ab, threads=threads)
 
     # ------------------------------------------------------------------ whole jobs
-    def colorize(self, source: Source, caption: str | bytes) -> ColorizeResult:
-        return self.colorize_many([(source, caption)])[0]
+    def colorize(self, source: Source, caption: str | bytes | None = None, *, threads: int = 1,
+                 **inputs: Any) -> ColorizeResult:
+        values = {"caption": caption, **inputs} if caption is not None else inputs
+        return self.colorize_many([(source, values)], threads=threads)[0]
 
-    def colorize_many(
-        self, items: Iterable[tuple[Source, str | bytes]], batch_size: int = DEFAULT_BATCH
-    ) -> list[ColorizeResult]:
-        """Colorize pairs in batches of ``batch_size`` through one ``infer_ab`` call each.
+    def colorize_many(self, items: Iterable[tuple[Source, Mapping[str, Any]]], batch_size: int = DEFAULT_BATCH,
+                      threads: int = 1) -> list[ColorizeResult]:
+        """Colorize ``(source, inputs)`` pairs, in batches of ``batch_size`` per inference call.
 
-        Captions are checked before any image is decoded, so a bad caption fails fast. Only one
-        batch of full-resolution images is held in memory at a time.
-        """
-        items = list(items)
-        captions = [self.encode_caption(caption) for _, caption in items]
+        Inputs are checked before any image is decoded, so a bad caption or reference fails fast. Only
+        one batch of full-resolution images is held in memory at a time."""
+        items = [(src, dict(vals)) for src, vals in items]
+        if self.via == "endpoint":
+            return [self._colorize_remote(src, vals) for src, vals in items]
+        conditioned = [self.condition(vals) for _, vals in items]
         results: list[ColorizeResult] = []
         for start in range(0, len(items), batch_size):
             chunk = range(start, min(start + batch_size, len(items)))
             prepared = [self.prepare(items[i][0]) for i in chunk]
-            l_small = np.stack([p.l_small for p in prepared])  # [B, 1, S, S]
-            tokens = np.stack([captions[i].ids for i in chunk])  # [B, T]
-            ab = self.infer_ab(l_small, tokens)  # [B, 2, S, S]
-            for p, i, ab_one in zip(prepared, chunk, ab):
-                rgb = self.finish(p, ab_one)
-                results.append(ColorizeResult(rgb, ab_one, captions[i].unknown, p.loaded.exif, p.loaded.icc))
+            feeds = {self.geometry.image.name: np.stack([p.l_small for p in prepared])}  # [B, 1, S, S]
+            for t in self.geometry.condition_specs:
+                feeds[t.name] = np.stack([conditioned[i].tensors[t.name] for i in chunk])  # [B, ...]
+            outputs = self.infer(feeds)
+            for k, (p, i) in enumerate(zip(prepared, chunk)):
+                mine = {name: value[k] for name, value in outputs.items()}
+                rgb = self.finish(p, mine[names.AB], threads=threads)
+                results.append(ColorizeResult(rgb, conditioned[i].notes, mine, p.exif, p.icc))
         return results
+
+    def _wire(self, values: Mapping[str, Any]) -> dict[str, bytes]:
+        """The user's inputs as the endpoint takes them: text as UTF-8, images as their file's bytes."""
+        fields = {f.name: f for f in self.family.inputs}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise LangcolorError(f"model '{self.family.name}' takes {', '.join(fields) or 'no input'} beside the "
+                                 f"photo, not {', '.join(unknown)}")
+        return {k: _wire_value(fields[k].kind, v) for k, v in values.items() if v is not None}
+
+    def submit_encoded(self, data: bytes, values: Mapping[str, Any], fmt: str = "png"):
+        """Thin client: an image file's bytes and the inputs to the endpoint, in the background ->
+        a future of ``Colorized`` (the encoded image in ``fmt`` and the notes)."""
+        if self.via != "endpoint":
+            raise LangcolorError("submit_encoded needs Colorizer(server=..., via='endpoint')")
+        return self._stages.submit_colorize(data, model=self.family.name, fmt=fmt, **self._wire(values))
+
+    def _colorize_remote(self, source: Source, values: Mapping[str, Any]) -> ColorizeResult:
+        from PIL import Image
+
+        answer = self._stages.colorize_bytes(_to_bytes(source), model=self.family.name, **self._wire(values))
+        with Image.open(io.BytesIO(answer.data)) as im:
+            rgb = np.asarray(im.convert("RGB"))
+            exif, icc = im.info.get("exif"), im.info.get("icc_profile")
+        return ColorizeResult(rgb, answer.notes, {}, exif, icc, answer.data, "PNG")
 
     def save(
         self,
         result: ColorizeResult,
         path: str | Path,
-        like: LoadedImage | None = None,
         png_compression: int = DEFAULT_PNG_COMPRESSION,
         jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     ) -> Path:
         """Write ``result`` (format from the extension), carrying EXIF/ICC; atomic, never partial."""
-        exif, icc = (like.exif, like.icc) if like is not None else (result.exif, result.icc)
-        path = Path(path)
-        data = encode_image(
-            result.rgb, format_for_path(path), exif=exif, icc=icc, png_compression=png_compression,
-            jpeg_quality=jpeg_quality,
-        )
-        return write_atomically(path, data)
-
-
-def check_output_path(path: str | Path) -> Path:
-    """Fail before any work if ``path`` cannot receive a file: a directory, a missing or read-only folder."""
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"output '{path}' is a directory; give a file name such as {path / 'out.png'}")
-    format_for_path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"output folder '{parent}' does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder '{parent}' is not writable")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise OutputError(f"output '{path}' exists and is read-only")
-    return path
-
-
-def write_atomically(path: Path, data: bytes) -> Path:
-    """Write to a temporary file beside ``path`` and rename it over ``path``: readers never see half a file."""
-    check_output_path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise OutputError(f"cannot write output '{path}': {e.strerror or e}") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reading os.umask() would change it process-wide
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"cannot write output '{path}': {e.strerror or e}") from e
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        path = check_output_path(path)
+        fmt = format_for_path(path)
+        if result.encoded is not None and fmt == result.encoded_format and png_compression == DEFAULT_PNG_COMPRESSION:
+            return write_atomic(path, result.encoded)  # the server's own file, not decoded and re-encoded
+        data = encode_image(result.rgb, fmt, exif=result.exif, icc=result.icc, png_compression=png_compression,
+                            jpeg_quality=jpeg_quality)
+        return write_atomic(path, data)
 

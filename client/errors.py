@@ -39,3 +39,12 @@ class ServerError(LangcolorError):
 
 class TokenizerMismatchError(ServerError):
     """The client's tokenizer differs from the one the served model was trained with."""
+
+
+MAX_MESSAGE_CHARS = 500  # an error names the problem; it never echoes a 100 kB caption back
+_CUT = " ... (cut short)"
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying so: for messages that may quote their input."""
+    return text if len(text) <= limit else text[: max(0, limit - len(_CUT))] + _CUT

@@ -55,7 +55,8 @@ def _describe(source: str | Path | bytes) -> str:
     return "image bytes" if isinstance(source, (bytes, bytearray, memoryview)) else f"'{source}'"
 
 
-def _open(source: str | Path | bytes) -> Image.Image:
+def read_bytes(source: str | Path | bytes) -> bytes:
+    """An image file's bytes (or the bytes given); ``ImageError`` for a missing, unreadable or empty one."""
     what = _describe(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
@@ -74,6 +75,12 @@ def _open(source: str | Path | bytes) -> Image.Image:
             raise ImageError(f"{what!r}: not a valid file path ({e})") from e
     if not data:
         raise ImageError(f"{what}: empty file (0 bytes)")
+    return data
+
+
+def _open(source: str | Path | bytes) -> Image.Image:
+    what = _describe(source)
+    data = read_bytes(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -318,3 +318,42 @@ def lab_to_srgb8_keeping_l(lab: np.ndarray) -> np.ndarray:
     for i in range(0, len(flat), _CHUNK):
         out[i : i + _CHUNK] = _linear_to_srgb8(_fit_linear_block(flat[i : i + _CHUNK].astype(np.float32))[1])
     return out.reshape(lab.shape)
+
+
+def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
+    """RGB ``[..., 3]`` in [0, 1] -> HSV ``[..., 3]`` in [0, 1] (hue as a fraction of a turn).
+
+    The same arithmetic as ``matplotlib.colors.rgb_to_hsv``, so that training needs no plotting library."""
+    arr = np.asarray(rgb)
+    arr = arr.astype(np.promote_types(arr.dtype, np.float32), copy=False)
+    out = np.zeros_like(arr)
+    arr_max = arr.max(-1)
+    delta = np.ptp(arr, -1)
+    s = np.zeros_like(delta)
+    pos = arr_max > 0
+    s[pos] = delta[pos] / arr_max[pos]
+    chroma = delta > 0
+    for channel, offset, (x, y) in ((0, 0.0, (1, 2)), (1, 2.0, (2, 0)), (2, 4.0, (0, 1))):
+        idx = (arr[..., channel] == arr_max) & chroma  # later channels win ties, as in matplotlib
+        out[idx, 0] = offset + (arr[idx, x] - arr[idx, y]) / delta[idx]
+    out[..., 0] = (out[..., 0] / 6.0) % 1.0
+    out[..., 1] = s
+    out[..., 2] = arr_max
+    return out
+
+
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """HSV ``[..., 3]`` in [0, 1] -> RGB ``[..., 3]``; the inverse of ``rgb_to_hsv`` (matplotlib's arithmetic)."""
+    arr = np.asarray(hsv)
+    arr = arr.astype(np.promote_types(arr.dtype, np.float32), copy=False)
+    h, s, v = arr[..., 0], arr[..., 1], arr[..., 2]
+    i = (h * 6.0).astype(int)
+    f = h * 6.0 - i
+    p, q, t = v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f))
+    r, g, b = np.empty_like(h), np.empty_like(h), np.empty_like(h)
+    for sector, (rr, gg, bb) in enumerate(((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))):
+        idx = (i % 6 == 0) if sector == 0 else (i == sector)
+        r[idx], g[idx], b[idx] = rr[idx], gg[idx], bb[idx]
+    gray = s == 0
+    r[gray], g[gray], b[gray] = v[gray], v[gray], v[gray]
+    return np.stack([r, g, b], axis=-1)

@@ -1,11 +1,17 @@
-"""The served model, over gRPC or HTTP, with the same ``infer_ab`` as the in-process ``OnnxStages``.
+"""The served model, over gRPC or HTTP: the ``colorize`` endpoint (bytes in, bytes out) or the
+``<family>`` ensemble (tensors, the same ``infer`` as the in-process ``OnnxStages``).
+
+The protocol comes from the URL's scheme (``grpc://host:8001``, ``http://host:8000``), or from
+``protocol`` for a bare ``host:port`` (gRPC by default). A port that answers the other protocol is
+named as such rather than reported as unreachable.
 
 Before any pixel leaves the client, ``RemoteStages`` checks, in order: the server answers (retried
-with backoff), the ``<family>`` ensemble is READY (else Triton's reason from the repository index),
-the tokenizer hash in the ensemble's config ``parameters`` equals the client's
-(``TokenizerMismatchError``), and, when the caller gives its manifest's geometry, the served one is
-the same (``ModelMismatchError``). Token ids mean nothing across tokenizers: a mismatch would colour
-"red" with the id of some other word, silently.
+with backoff), the model it will call is READY (else Triton's reason from the repository index);
+for the endpoint, that it serves the family; for the ensemble, that the hashes of the conditioner's
+files in the ensemble's config ``parameters`` equal the client's (``TokenizerMismatchError``) and,
+when the caller gives its manifest's geometry, that the served one is the same
+(``ModelMismatchError``). Token ids mean nothing across tokenizers: a mismatch would colour "red"
+with the id of some other word, silently.
 
 Retries are for transport failures only (connection refused or reset, gRPC UNAVAILABLE): a request
 Triton *rejected* (wrong shape, bad image, empty caption) fails at once with Triton's message.
@@ -21,26 +27,16 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
+from . import families, names
 from .errors import ServerError, TokenizerMismatchError
-from .spec import AB_NAME, L_NAME, TOKENS_NAME, ModelGeometry, ensemble_spec
-
-# Names of the bytes endpoint and of the ensemble's config parameters, declared once with the
-# configs they describe (that module imports neither torch nor onnx).
-from langcolor.export.triton_config import (  # noqa: E402
-    CAPTION_NAME,
-    COLORIZE_MODEL,
-    COLORIZED_NAME,
-    IMAGE_NAME,
-    MODEL_NAME,
-    PARAM_GEOMETRY,
-    PARAM_TOKENIZER_SHA256,
-    PARAM_WEIGHTS_SHA256,
-)
+from .families import Note
+from .spec import TOKENIZER_FILE, ModelGeometry, ensemble_spec
 
 log = logging.getLogger(__name__)
 
@@ -103,38 +99,83 @@ def _message(e: Exception) -> str:
 
 
 def _geometry_text(g: ModelGeometry) -> str:
-    return (f"image size {g.image_size}, {g.max_tokens} tokens, vocabulary {g.vocab_size}, "
-            f"features {list(g.feature_shape)}")
+    """The served contract in a few words: image size and every input's shape (and range)."""
+    parts = [f"image size {g.image_size}"]
+    for t in ensemble_spec(g).inputs[1:]:
+        rng = f" in [{t.value_range[0]:g}, {t.value_range[1]:g}]" if t.value_range is not None else ""
+        parts.append(f"{t.name} {list(t.dims)}{rng}")
+    return ", ".join(parts) + f", features {[list(t.dims) for t in g.features]}"
 
 
-def _strip_scheme(url: str) -> str:
-    for scheme in ("grpc://", "http://", "https://"):
+_SCHEMES = {"grpc://": "grpc", "http://": "http"}
+
+
+def parse_url(url: str, protocol: str | None = None) -> tuple[str, str]:
+    """``grpc://host:port`` / ``http://host:port`` / ``host:port`` -> (host:port, protocol)."""
+    for scheme, proto in _SCHEMES.items():
         if url.startswith(scheme):
-            return url[len(scheme):].rstrip("/")
-    return url.rstrip("/")
+            if protocol is not None and protocol != proto:
+                raise ServerError(f"{url} is a {proto} URL, but protocol {protocol!r} was asked for")
+            return url[len(scheme):].rstrip("/"), proto
+    if "://" in url:
+        raise ServerError(f"unsupported URL scheme in {url!r}: use grpc://HOST:PORT, http://HOST:PORT or HOST:PORT")
+    protocol = protocol or "grpc"
+    if protocol not in PROTOCOLS:
+        raise ServerError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    return url.rstrip("/"), protocol
+
+
+@dataclass(frozen=True)
+class Colorized:
+    """The ``colorize`` endpoint's answer for one image."""
+
+    data: bytes  # the encoded image (PNG unless another format was asked for)
+    notes: tuple[Note, ...] = ()
+
+
+def _other_protocol_answers(url: str, protocol: str) -> bool:
+    """Whether ``url`` answers Triton's *other* protocol (a gRPC client pointed at the HTTP port, or
+    the reverse): one quick health check, no retries."""
+    try:
+        if protocol == "grpc":
+            import tritonclient.http as other
+
+            client = other.InferenceServerClient(url, connection_timeout=2.0, network_timeout=2.0)
+        else:
+            import tritonclient.grpc as other
+
+            client = other.InferenceServerClient(url)
+        try:
+            return bool(client.is_server_live(**({"client_timeout": 2.0} if protocol == "http" else {})))
+        finally:
+            client.close()
+    except Exception:  # any failure means "no, not that either"
+        return False
 
 
 class RemoteStages:
-    """``infer_ab`` and ``colorize_bytes`` against a Triton server; connects and checks on creation."""
+    """The ``colorize`` endpoint and the ``<family>`` ensemble of a Triton server; connects and checks on creation.
+
+    ``endpoint=True`` (the thin client) requires only the endpoint, serving ``family``; otherwise the
+    family's ensemble is required and checked against ``assets`` (file -> sha256) and ``geometry``."""
 
     def __init__(
         self,
         url: str,
-        protocol: str = "grpc",
-        family: str = "lcode",
-        tokenizer_sha256: str | None = None,
+        protocol: str | None = None,
+        family: str = families.DEFAULT_FAMILY,
+        assets: Mapping[str, str] | None = None,
         retries: int = 3,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         backoff_s: float = DEFAULT_BACKOFF_S,
         max_in_flight: int = 8,
         geometry: ModelGeometry | None = None,
+        endpoint: bool = False,
     ):
-        if protocol not in PROTOCOLS:
-            raise ServerError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         assert retries >= 0 and timeout_s > 0 and max_in_flight >= 1
-        self.url = _strip_scheme(url)
-        self.protocol = protocol
+        self.url, self.protocol = parse_url(url, protocol)
         self.family = family
+        self.endpoint = endpoint
         self.retries = retries
         self.timeout_s = timeout_s
         self.backoff_s = backoff_s
@@ -143,8 +184,10 @@ class RemoteStages:
         self._clients_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="langcolor-remote")
         self._colorize_checked = False
+        self.geometry: ModelGeometry | None = None
+        self.served_weights_sha256: str | None = None
         try:
-            self._connect(tokenizer_sha256, geometry)
+            self._connect(assets, geometry)
         except BaseException:
             self.close()
             raise
@@ -175,29 +218,59 @@ class RemoteStages:
     def _where(self) -> str:
         return f"Triton server at {self.url} ({self.protocol})"
 
-    def _connect(self, tokenizer_sha256: str | None, geometry: ModelGeometry | None = None) -> None:
-        live = self._retry(lambda c: c.is_server_live(), what="health check")
+    def _connect(self, assets: Mapping[str, str] | None, geometry: ModelGeometry | None) -> None:
+        try:
+            live = self._retry(lambda c: c.is_server_live(), what="health check")
+        except ServerUnavailableError as e:
+            other = "http" if self.protocol == "grpc" else "grpc"
+            if _other_protocol_answers(self.url, self.protocol):
+                raise ServerUnavailableError(
+                    f"{self.url} answers Triton's {other.upper()} protocol, not {self.protocol.upper()}: "
+                    f"use {other}://{self.url} (or --protocol {other})"
+                ) from e
+            raise
         if not live:
             raise ServerUnavailableError(f"{self._where()} is not live")
+        if self.endpoint:
+            self._check_endpoint()
+        else:
+            self._check_ensemble(assets, geometry)
+        log.debug("connected to %s, model '%s' ready", self._where(), self.family)
+
+    def _check_endpoint(self) -> None:
+        self._require_ready(names.COLORIZE_MODEL)
+        self._colorize_checked = True
+        params = self._parameters(names.COLORIZE_MODEL)
+        served = [f for f in params.get(names.PARAM_FAMILIES, "").split(",") if f]
+        if self.family not in served:
+            raise ModelNotReadyError(
+                f"the colorize endpoint on {self._where()} does not serve '{self.family}' "
+                f"(it serves {', '.join(served) or 'nothing'})"
+            )
+        self.served_weights_sha256 = params.get(names.PARAM_WEIGHTS_PREFIX + self.family)
+        self.max_batch_size = int(self._config(names.COLORIZE_MODEL).get("max_batch_size", 0)) or 1
+
+    def _check_ensemble(self, assets: Mapping[str, str] | None, geometry: ModelGeometry | None) -> None:
         self._require_ready(self.family)
         params = self._parameters(self.family)
-        self.served_tokenizer_sha256 = params.get(PARAM_TOKENIZER_SHA256)
-        self.served_weights_sha256 = params.get(PARAM_WEIGHTS_SHA256)
-        self.geometry: ModelGeometry | None = None
-        if PARAM_GEOMETRY in params:
-            g = json.loads(params[PARAM_GEOMETRY])
-            self.geometry = ModelGeometry(**{**g, "feature_shape": tuple(g["feature_shape"])})
-        if tokenizer_sha256 is not None:
-            if self.served_tokenizer_sha256 is None:
+        self.served_weights_sha256 = params.get(names.PARAM_WEIGHTS_SHA256)
+        if names.PARAM_GEOMETRY in params:
+            self.geometry = ModelGeometry.from_dict(json.loads(params[names.PARAM_GEOMETRY]))
+        served_assets = json.loads(params.get(names.PARAM_ASSETS, "{}"))
+        if names.PARAM_TOKENIZER_SHA256 in params:  # repositories written before assets were declared
+            served_assets.setdefault(TOKENIZER_FILE, params[names.PARAM_TOKENIZER_SHA256])
+        for name, digest in (assets or {}).items():
+            served = served_assets.get(name)
+            if served is None:
                 raise TokenizerMismatchError(
-                    f"model '{self.family}' on {self._where()} does not declare its tokenizer "
-                    f"(no '{PARAM_TOKENIZER_SHA256}' parameter); refusing to send token ids it may not share"
+                    f"model '{self.family}' on {self._where()} does not declare its {name} "
+                    f"(no hash in its config parameters); refusing to send tensors it may not read the same way"
                 )
-            if self.served_tokenizer_sha256 != tokenizer_sha256:
+            if served != digest:
                 raise TokenizerMismatchError(
-                    f"tokenizer mismatch: model '{self.family}' on {self._where()} uses tokenizer sha256 "
-                    f"{self.served_tokenizer_sha256[:12]}..., this client has {tokenizer_sha256[:12]}...; "
-                    "use the tokenizer.json from the served model repository"
+                    f"{'tokenizer' if name == TOKENIZER_FILE else name} mismatch: model '{self.family}' on "
+                    f"{self._where()} uses {name} sha256 {served[:12]}..., this client has {digest[:12]}...; "
+                    "use the files from the served model repository"
                 )
         if geometry is not None and self.geometry is not None and geometry != self.geometry:
             # Caught here, before any pixel is sent, rather than as a shape error on the first request.
@@ -205,8 +278,8 @@ class RemoteStages:
                 f"model mismatch: '{self.family}' on {self._where()} has {_geometry_text(self.geometry)}, "
                 f"this client's manifest has {_geometry_text(geometry)}; use the served model repository"
             )
+        self.geometry = self.geometry or geometry
         self.max_batch_size = int(self._config(self.family).get("max_batch_size", 0)) or 1
-        log.debug("connected to %s, model '%s' ready", self._where(), self.family)
 
     def _require_ready(self, model: str) -> None:
         if self._retry(lambda c: c.is_model_ready(model), what=f"readiness of '{model}'"):
@@ -271,7 +344,7 @@ class RemoteStages:
         except Exception:
             return False
 
-    # -- the ensemble --------------------------------------------------------------------------------
+    # -- requests ------------------------------------------------------------------------------------
     def _infer(self, model: str, inputs: Sequence[tuple[str, np.ndarray, str]], outputs: Sequence[str]) -> dict:
         module = self._module()
 
@@ -294,57 +367,69 @@ class RemoteStages:
 
         return self._retry(call, what=f"a request to '{model}'", model=model)
 
-    def _validate(self, l_small: np.ndarray, tokens: np.ndarray) -> None:
+    # -- the ensemble --------------------------------------------------------------------------------
+    def _infer_chunk(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spec = ensemble_spec(self.geometry)
+        inputs = [(t.name, feeds[t.name], t.client_dtype) for t in spec.inputs]
+        return self._infer(self.family, inputs, spec.output_names)
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The ensemble's inputs (batched) -> its outputs; batches above ``max_batch_size`` are split
+        and sent concurrently. The client validates what it can (the server validates again)."""
         if self.geometry is None:
-            return  # the server checks; we only know its contract when it publishes the geometry
-        l_spec, t_spec = ensemble_spec(self.geometry).inputs
-        l_spec.validate(l_small)
-        t_spec.validate(tokens)
+            raise ServerError(f"model '{self.family}' on {self._where()} does not publish its geometry; "
+                              "give the client its manifest (Colorizer(via='ensemble') loads it)")
+        from .runtime import check_inputs
 
-    def _infer_chunk(self, l_small: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        out = self._infer(self.family, [(L_NAME, l_small, "FP32"), (TOKENS_NAME, tokens, "INT64")], [AB_NAME])
-        return out[AB_NAME]  # [b, 2, S, S]
-
-    def infer_ab(self, l_small: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """L [B,1,S,S] float32 in [0,100], tokens [B,T] int64 -> ab [B,2,S,S] float32 (Lab units)."""
-        self._validate(l_small, tokens)
-        if l_small.shape[0] != tokens.shape[0]:
-            raise RequestRejectedError(f"L has {l_small.shape[0]} images but TOKENS has {tokens.shape[0]} captions")
-        n, step = l_small.shape[0], self.max_batch_size
+        check_inputs(feeds, self.geometry)
+        n, step = next(iter(feeds.values())).shape[0], self.max_batch_size
         if n <= step:
-            return self._infer_chunk(l_small, tokens)
-        futures = [self._pool.submit(self._infer_chunk, l_small[i : i + step], tokens[i : i + step]) for i in range(0, n, step)]
-        return np.concatenate([f.result() for f in futures], axis=0)  # [B, 2, S, S]
+            return self._infer_chunk(feeds)
+        futures = [self._pool.submit(self._infer_chunk, {k: v[i : i + step] for k, v in feeds.items()})
+                   for i in range(0, n, step)]
+        parts = [f.result() for f in futures]
+        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
 
-    def submit_ab(self, l_small: np.ndarray, tokens: np.ndarray) -> Future:
-        """``infer_ab`` in the background: many in flight let Triton batch them together."""
-        return self._pool.submit(self.infer_ab, l_small, tokens)
+    def submit_infer(self, feeds: Mapping[str, np.ndarray]) -> Future:
+        """``infer`` in the background: many in flight let Triton batch them together."""
+        return self._pool.submit(self.infer, feeds)
 
     # -- the bytes endpoint --------------------------------------------------------------------------
-    def colorize_bytes(self, image: bytes, caption: str, model: str | None = None) -> bytes:
-        """One encoded image (JPEG/PNG/TIFF) and a caption -> a PNG at the input's resolution.
+    def colorize_bytes(self, image: bytes, caption: str | None = None, model: str | None = None,
+                       fmt: str | None = None, **inputs: bytes | str) -> Colorized:
+        """One encoded image (JPEG/PNG/TIFF) and the family's inputs -> the colorized file and notes.
 
-        ``model`` ("lcode", "lcoins") is sent as the endpoint's ``MODEL`` input; None leaves it out
-        and the server colours with its default family (``family`` above only names the ensemble
-        ``infer_ab`` talks to)."""
+        ``caption=`` and other keywords are the family's user inputs by field name (``reference=``
+        takes the reference image's bytes). ``model`` is sent as ``MODEL``; None leaves it out and the
+        server colours with its default family. ``fmt`` ("png", "jpeg") picks the output encoding."""
         if not self._colorize_checked:
-            self._require_ready(COLORIZE_MODEL)
+            self._require_ready(names.COLORIZE_MODEL)
             self._colorize_checked = True
-        img = np.array([[bytes(image)]], dtype=np.object_)  # [1, 1]
-        cap = np.array([[caption.encode("utf-8")]], dtype=np.object_)  # [1, 1]
-        inputs = [(IMAGE_NAME, img, "BYTES"), (CAPTION_NAME, cap, "BYTES")]
+        values = {"caption": caption, **inputs} if caption is not None else dict(inputs)
+
+        def one(value: bytes | str) -> np.ndarray:
+            data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+            return np.array([[data]], dtype=np.object_)  # [1, 1]
+
+        sent = [(names.IMAGE, one(image), "BYTES")]
+        sent += [(name.upper(), one(value), "BYTES") for name, value in values.items() if value is not None]
         if model is not None:
-            inputs.append((MODEL_NAME, np.array([[model.encode("utf-8")]], dtype=np.object_), "BYTES"))  # [1, 1]
-        out = self._infer(COLORIZE_MODEL, inputs, [COLORIZED_NAME])
-        return bytes(out[COLORIZED_NAME].reshape(-1)[0])
+            sent.append((names.MODEL, one(model), "BYTES"))
+        if fmt is not None:
+            sent.append((names.FORMAT, one(fmt), "BYTES"))
+        out = self._infer(names.COLORIZE_MODEL, sent, [names.COLORIZED, names.NOTES])
+        notes = json.loads(bytes(out[names.NOTES].reshape(-1)[0]) or b"[]")
+        return Colorized(bytes(out[names.COLORIZED].reshape(-1)[0]), tuple(Note.from_dict(n) for n in notes))
 
-    def submit_colorize(self, image: bytes, caption: str, model: str | None = None) -> Future:
-        return self._pool.submit(self.colorize_bytes, image, caption, model)
+    def submit_colorize(self, image: bytes, caption: str | None = None, model: str | None = None,
+                        fmt: str | None = None, **inputs) -> Future:
+        return self._pool.submit(self.colorize_bytes, image, caption, model, fmt, **inputs)
 
-    def colorize_many(self, items: Sequence[tuple[bytes, str]], model: str | None = None) -> list[bytes | ServerError]:
-        """Every item in flight at once (up to ``max_in_flight``); a rejected item gives its error, not a raise."""
+    def colorize_many(self, items: Sequence[tuple[bytes, str]], model: str | None = None) -> list[Colorized | ServerError]:
+        """(image, caption) pairs, all in flight at once (up to ``max_in_flight``); a rejected item
+        gives its error, not a raise."""
         futures = [self.submit_colorize(img, cap, model) for img, cap in items]
-        results: list[bytes | ServerError] = []
+        results: list[Colorized | ServerError] = []
         for f in futures:
             try:
                 results.append(f.result())

@@ -1,9 +1,11 @@
-"""The three ONNX stages of a model family, run in-process with onnxruntime.
+"""A family's three ONNX stages, run in-process with onnxruntime.
 
-``ModelBundle`` reads what ``langcolor export`` wrote into the model repository (manifest, tokenizer,
-stage files) and checks that they belong together. ``OnnxStages`` holds one InferenceSession per
-stage; its tensor names come from ``stage_specs(manifest.geometry)`` and are checked against each
-session's own signature at load, and every input is validated against its spec before it runs.
+``ModelBundle`` reads what ``langcolor export`` wrote into the model repository (manifest, the
+conditioner's asset files, stage files), checks that they belong together and builds the family's
+conditioner. ``OnnxStages`` holds one InferenceSession per stage; its tensor names come from
+``stage_specs(manifest.geometry)`` and are checked against each session's own signature at load,
+and every input is validated against its spec (shape, dtype, finite values, declared range) before
+it runs. ``OnnxStages`` and ``RemoteStages`` share the ``Stages`` protocol.
 """
 
 from __future__ import annotations
@@ -12,15 +14,16 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, Protocol
 
 import numpy as np
 import onnxruntime as ort
 
+from . import families
 from .errors import LangcolorError, ModelNotFoundError, TensorError
-from .lab import L_MAX
+from .families import Conditioner, Family
 from .paths import resolve_model_repository
-from .spec import MANIFEST_FILE, STAGES, TOKENIZER_FILE, ModelGeometry, ModelManifest, StageSpec, stage_specs
-from .tokenizer import CaptionTokenizer
+from .spec import MANIFEST_FILE, STAGES, ModelGeometry, ModelManifest, StageSpec, ensemble_spec, stage_specs
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +38,45 @@ _PROVIDERS = {
 }
 
 
+class Stages(Protocol):
+    """What runs a family's network: in-process (``OnnxStages``) or on a server (``RemoteStages``)."""
+
+    geometry: ModelGeometry
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
 def stage_path(repository: Path, family: str, stage: str) -> Path:
     return repository / f"{family}_{stage}" / VERSION / MODEL_FILE
+
+
+def read_assets(folder: Path, manifest: ModelManifest) -> dict[str, bytes]:
+    """The conditioner's files named in the manifest, each checked against its sha256."""
+    assets = {}
+    for name, want in manifest.assets.items():
+        path = folder / name
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ModelNotFoundError(f"{path}: cannot read the model's {name} ({e.strerror or e})") from e
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != want:
+            raise ModelNotFoundError(
+                f"{path}: sha256 {digest[:12]}... differs from the manifest's {want[:12]}...; "
+                f"the {name} is not the one this model was trained with (re-run `langcolor export`)"
+            )
+        assets[name] = data
+    return assets
 
 
 @dataclass(frozen=True)
 class ModelBundle:
     repository: Path
     manifest: ModelManifest
-    tokenizer: CaptionTokenizer
+    family: Family
+    conditioner: Conditioner
     stage_paths: dict[str, Path]  # stage -> model.onnx; empty when loaded for a remote server
 
     @property
@@ -54,10 +87,17 @@ class ModelBundle:
     def specs(self) -> dict[str, StageSpec]:
         return stage_specs(self.manifest.geometry)
 
+    @property
+    def tokenizer(self):
+        """A caption family's tokenizer (its conditioner's); AttributeError for other families."""
+        return self.conditioner.tokenizer
+
     @classmethod
-    def load(cls, model_repository: str | Path | None = None, family: str = "lcode", *, stages: bool = True) -> "ModelBundle":
-        """Read ``<family>/1/langcolor.json`` and ``tokenizer.json`` (and the stage files unless ``stages=False``)."""
+    def load(cls, model_repository: str | Path | None = None, family: str = families.DEFAULT_FAMILY, *,
+             stages: bool = True) -> "ModelBundle":
+        """Read ``<family>/1/langcolor.json`` and its assets (and the stage files unless ``stages=False``)."""
         repo = resolve_model_repository(model_repository)
+        record = families.get(family)
         ensemble = repo / family / VERSION
         manifest_path = ensemble / MANIFEST_FILE
         if not manifest_path.is_file():
@@ -72,7 +112,10 @@ class ModelBundle:
             raise ModelNotFoundError(f"{manifest_path}: unreadable manifest ({e})") from e
         if manifest.geometry.family != family:
             raise ModelNotFoundError(f"{manifest_path}: describes family '{manifest.geometry.family}', not '{family}'")
-        tokenizer = _load_tokenizer(ensemble / TOKENIZER_FILE, manifest)
+        try:
+            conditioner = record.conditioner(manifest.geometry, read_assets(ensemble, manifest))
+        except ModelNotFoundError as e:
+            raise ModelNotFoundError(f"{ensemble}: {e}") from e
         paths = {}
         if stages:
             for stage in STAGES:
@@ -80,60 +123,41 @@ class ModelBundle:
                 if not path.is_file():
                     raise ModelNotFoundError(f"stage '{stage}' of '{family}' is missing: {path} does not exist")
                 paths[stage] = path
-        return cls(repo, manifest, tokenizer, paths)
+        return cls(repo, manifest, record, conditioner, paths)
 
 
-def _load_tokenizer(path: Path, manifest: ModelManifest) -> CaptionTokenizer:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ModelNotFoundError(f"{path}: cannot read the model's tokenizer ({e.strerror or e})") from e
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != manifest.tokenizer_sha256:
-        raise ModelNotFoundError(
-            f"{path}: sha256 {digest[:12]}... differs from the manifest's {manifest.tokenizer_sha256[:12]}...; "
-            "the tokenizer is not the one this model was trained with (re-run `langcolor export`)"
-        )
-    tokenizer = CaptionTokenizer.from_file(path)
-    geom = manifest.geometry
-    if tokenizer.max_tokens != geom.max_tokens or tokenizer.vocab_size != geom.vocab_size:
-        raise ModelNotFoundError(
-            f"{path}: tokenizer has T={tokenizer.max_tokens}, vocab={tokenizer.vocab_size}; "
-            f"the model expects T={geom.max_tokens}, vocab={geom.vocab_size}"
-        )
-    return tokenizer
+def check_inputs(feeds: Mapping[str, np.ndarray], geom: ModelGeometry) -> None:
+    """Shape, dtype and VALUE checks of a family's ensemble inputs; ``TensorError`` names the tensor.
 
-
-def check_model_inputs(L: np.ndarray, tokens: np.ndarray, geom: ModelGeometry) -> None:
-    """Shape, dtype and VALUE checks of the ensemble inputs; raises ``TensorError`` naming the tensor.
-
-    Specs catch shape and dtype; values matter too: NaN/inf or L outside [0, 100] give garbage
-    colours silently, and a token id outside the vocabulary crashes the embedding lookup.
-    """
-    specs = stage_specs(geom)
-    l_spec, t_spec = specs["encoder"].inputs[0], specs["fusion"].inputs[1]
-    l_spec.validate(L)
-    t_spec.validate(tokens)
-    if L.shape[0] == 0:
-        raise TensorError(f"{l_spec.name}: empty batch")
-    if L.shape[0] != tokens.shape[0]:
-        raise TensorError(f"{t_spec.name}: batch {tokens.shape[0]} differs from {l_spec.name}'s {L.shape[0]}")
-    if not np.isfinite(L).all():
-        raise TensorError(f"{l_spec.name}: contains NaN or infinity")
-    lo, hi = float(L.min()), float(L.max())
-    if lo < 0.0 or hi > L_MAX:
-        raise TensorError(f"{l_spec.name}: values must lie in [0, {L_MAX:g}] (CIE L), got [{lo:.4g}, {hi:.4g}]")
-    tmin, tmax = int(tokens.min()), int(tokens.max())
-    if tmin < 0 or tmax >= geom.vocab_size:
-        raise TensorError(f"{t_spec.name}: token ids must lie in [0, {geom.vocab_size}), got [{tmin}, {tmax}]")
+    Specs catch shape and dtype; values matter too: NaN/inf or L outside [0, 100] give garbage colours
+    silently, and a token id outside the vocabulary crashes the embedding lookup."""
+    spec = ensemble_spec(geom)
+    missing = [n for n in spec.input_names if n not in feeds]
+    if missing:
+        raise TensorError(f"model '{geom.family}' needs {', '.join(missing)} (it takes {', '.join(spec.input_names)})")
+    extra = sorted(set(feeds) - set(spec.input_names))
+    if extra:
+        raise TensorError(f"model '{geom.family}' does not take {', '.join(extra)} (it takes {', '.join(spec.input_names)})")
+    batch = None
+    for t in spec.inputs:
+        array = feeds[t.name]
+        t.validate(array)
+        if array.shape[0] == 0:
+            raise TensorError(f"{t.name}: empty batch")
+        if batch is not None and array.shape[0] != batch[1]:
+            raise TensorError(f"{t.name}: batch {array.shape[0]} differs from {batch[0]}'s {batch[1]}")
+        batch = batch or (t.name, array.shape[0])
+        t.validate_values(array)
 
 
 def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
+    """The project's onnxruntime options, shared by the in-process stages and the served ones."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Three sessions share the cores: spinning workers steal them from each other (2.5x slower
     # end to end on 2 cores when left on).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.inter_op_num_threads = 1
     if intra_op_threads:
         opts.intra_op_num_threads = int(intra_op_threads)
@@ -150,6 +174,29 @@ def providers_for(device: str) -> list[str]:
     return [p for p in wanted if p in available]
 
 
+def open_session(path: Path, spec: StageSpec, opts: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    """An onnxruntime session for one stage file, its signature checked against the stage's spec."""
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as e:  # onnxruntime raises its own pybind types (InvalidProtobuf, Fail, ...)
+        raise ModelNotFoundError(f"{spec.model_name}: cannot load {path}: {e}") from e
+    found = {i.name: i for i in session.get_inputs()}
+    for t in spec.inputs:
+        if t.name not in found:
+            raise ModelNotFoundError(f"{spec.model_name}: {path} has no input tensor '{t.name}' (it has {sorted(found)})")
+        got = _ORT_TYPES.get(found[t.name].type, found[t.name].type)
+        if got != t.dtype:
+            raise ModelNotFoundError(f"{spec.model_name}: input tensor '{t.name}' is {got}, expected {t.dtype}")
+    if len(found) != len(spec.inputs):
+        extra = sorted(set(found) - set(spec.input_names))
+        raise ModelNotFoundError(f"{spec.model_name}: {path} has undeclared input tensors {extra}")
+    outputs = {o.name for o in session.get_outputs()}
+    for name in spec.output_names:
+        if name not in outputs:
+            raise ModelNotFoundError(f"{spec.model_name}: {path} has no output tensor '{name}' (it has {sorted(outputs)})")
+    return session
+
+
 class OnnxStages:
     """encoder -> fusion -> decoder, one onnxruntime session each."""
 
@@ -159,53 +206,30 @@ class OnnxStages:
         self.geometry = bundle.geometry
         self.specs = bundle.specs
         opts, providers = session_options(intra_op_threads), providers_for(device)
-        self._sessions = {stage: self._open(bundle.stage_paths[stage], self.specs[stage], opts, providers) for stage in STAGES}
+        self._sessions = {s: open_session(bundle.stage_paths[s], self.specs[s], opts, providers) for s in STAGES}
 
-    @staticmethod
-    def _open(path: Path, spec: StageSpec, opts: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
-        try:
-            session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        except Exception as e:  # onnxruntime raises its own pybind types (InvalidProtobuf, Fail, ...)
-            raise ModelNotFoundError(f"{spec.model_name}: cannot load {path}: {e}") from e
-        found = {i.name: i for i in session.get_inputs()}
-        for t in spec.inputs:
-            if t.name not in found:
-                raise ModelNotFoundError(
-                    f"{spec.model_name}: {path} has no input tensor '{t.name}' (it has {sorted(found)})"
-                )
-            got = _ORT_TYPES.get(found[t.name].type, found[t.name].type)
-            if got != t.dtype:
-                raise ModelNotFoundError(f"{spec.model_name}: input tensor '{t.name}' is {got}, expected {t.dtype}")
-        if len(found) != len(spec.inputs):
-            extra = sorted(set(found) - set(spec.input_names))
-            raise ModelNotFoundError(f"{spec.model_name}: {path} has undeclared input tensors {extra}")
-        outputs = {o.name for o in session.get_outputs()}
-        for name in spec.output_names:
-            if name not in outputs:
-                raise ModelNotFoundError(f"{spec.model_name}: {path} has no output tensor '{name}' (it has {sorted(outputs)})")
-        return session
-
-    def _run(self, stage: str, *arrays: np.ndarray) -> np.ndarray:
+    def run_stage(self, stage: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One stage on the tensors it takes from ``feeds`` (shape and dtype checked) -> its outputs."""
         spec = self.specs[stage]
-        for t, a in zip(spec.inputs, arrays, strict=True):
-            t.validate(a)
-        feeds = {t.name: a for t, a in zip(spec.inputs, arrays)}
+        inputs = {}
+        for t in spec.inputs:
+            if t.name not in feeds:
+                raise TensorError(f"{spec.model_name}: missing input {t.name}")
+            t.validate(feeds[t.name])
+            inputs[t.name] = feeds[t.name]
         try:
-            (out,) = self._sessions[stage].run(spec.output_names, feeds)
+            outs = self._sessions[stage].run(spec.output_names, inputs)
         except Exception as e:  # onnxruntime's pybind errors carry the failing node
             raise TensorError(f"{spec.model_name}: onnxruntime failed: {e}") from e
-        return out
+        return dict(zip(spec.output_names, outs))
 
-    def encoder(self, L: np.ndarray) -> np.ndarray:
-        return self._run("encoder", L)  # [B, 1, S, S] -> FEATURES [B, *feature_shape]
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The ensemble's inputs (image + conditions, batched) -> the decoder's outputs, validated first."""
+        check_inputs(feeds, self.geometry)
+        tensors = dict(feeds)
+        for stage in STAGES:
+            tensors.update(self.run_stage(stage, tensors))
+        return {t.name: tensors[t.name] for t in self.geometry.outputs}
 
-    def fusion(self, features: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        return self._run("fusion", features, tokens)  # ([B, *f], [B, T]) -> MODULATED [B, *f]
-
-    def decoder(self, modulated: np.ndarray) -> np.ndarray:
-        return self._run("decoder", modulated)  # [B, *f] -> AB [B, 2, S, S]
-
-    def infer_ab(self, L: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """L ``[B, 1, S, S]`` in [0, 100] + tokens ``[B, T]`` -> ab ``[B, 2, S, S]`` in Lab units."""
-        check_model_inputs(L, tokens, self.geometry)
-        return self.decoder(self.fusion(self.encoder(L), tokens))
+    def close(self) -> None:
+        self._sessions = {}

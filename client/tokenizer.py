@@ -2,9 +2,9 @@
 
 Two kinds behind one class, told apart by the JSON's model type:
 
-- word level (L-CoDe): lowercase, punctuation stripped, one id per known word; a word outside the
+- word level: lowercase, punctuation stripped, one id per known word; a word outside the
   vocabulary becomes ``[UNK]`` and a caption made only of such words is refused;
-- WordPiece (L-CoIns): the same normalisation plus accents stripped; a word outside the vocabulary
+- WordPiece: the same normalisation plus accents stripped; a word outside the vocabulary
   is split into known sub-words (``crimson`` -> ``c ##r ##im ##son``), so no caption is refused for
   its vocabulary alone. Such words are still reported as unknown to the caller.
 
@@ -24,7 +24,7 @@ from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel, WordPiece
 from tokenizers.trainers import WordPieceTrainer
 
-from .errors import CaptionError, ModelNotFoundError
+from .errors import CaptionError, ModelNotFoundError, clip
 from .spec import PAD_ID
 
 PAD_TOKEN = "[PAD]"
@@ -176,7 +176,7 @@ class CaptionTokenizer:
         ids = [vocab.get(w, UNK_ID) for w in words]
         unknown = tuple(w for w, i in zip(words, ids) if i == UNK_ID)
         if len(unknown) == len(words):
-            raise CaptionError(f"no word of the caption is known to the model: {_shorten(' '.join(words))!r}")
+            raise CaptionError(f"no word of the caption is known to the model: {clip(' '.join(words), _QUOTE_CHARS)!r}")
         padded = np.full(self.max_tokens, PAD_ID, dtype=np.int64)  # [T]
         padded[: len(ids)] = ids
         return EncodedCaption(ids=padded, words=tuple(words), unknown=unknown, length=len(ids))
@@ -230,7 +230,3 @@ class CaptionTokenizer:
 
 
 _QUOTE_CHARS = 200  # longest piece of a caption quoted back in an error message
-
-
-def _shorten(text: str) -> str:
-    return text if len(text) <= _QUOTE_CHARS else f"{text[:_QUOTE_CHARS]}... ({len(text)} characters)"

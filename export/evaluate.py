@@ -17,8 +17,10 @@ all-padding caption (the caption-free baseline), on the same gray images.
   levels follow or contradict the usual colour-luminance correlation, and with the two colours
   swapped in the caption. A model that cannot tell instances apart is capped near 50%.
 
-Both families are scored on the same scenes: captions are drawn with at most ``max_words`` words
-(L-CoDe's T = 16), and words a word-level tokenizer does not know are counted in ``unknown_words``.
+Every caption family is scored on the same scenes: captions are drawn with at most ``max_words``
+words (T = 16), and words a word-level tokenizer does not know are counted in ``unknown_words``.
+A family's ``evaluation`` module exposes ``evaluate(model, conditioner, scenes, seed)``; caption
+families use this one.
 """
 
 from __future__ import annotations
@@ -70,6 +72,36 @@ class EvalReport:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+    def summary_lines(self) -> list[str]:
+        """The figures as `langcolor evaluate` prints them, model beside the caption-free baseline."""
+        lines = [_row("caption following seen", self.seen), _row("caption following held", self.heldout)]
+        lines += [_row(f"  held: {pair}", score) for pair, score in self.heldout_pairs.items()]
+        lines += [
+            _row("background following", self.background),
+            _row("swap test", self.swap),
+            _row("mismatch (lower=better)", self.mismatch),
+            _row("PSNR dB", self.psnr, percent=False),
+            _row("SSIM", self.ssim, percent=False),
+            _row("instance accuracy", self.instance),
+            _row("  both instances right", self.instance_scenes),
+            _row("  usual gray levels", self.instance_natural),
+            _row("  contradicting gray", self.instance_contradicting),
+        ]
+        lines += [_row(f"  by {kind}", score) for kind, score in self.instance_by_kind.items()]
+        lines.append(_row("instance swap test", self.instance_swap))
+        if self.unknown_words:
+            shown = ", ".join(f"{w} ({n})" for w, n in list(self.unknown_words.items())[:10])
+            lines.append(f"  words unknown to the tokenizer (captions): {shown}")
+        return lines
+
+    # Figures compared side by side when several checkpoints are evaluated together.
+    HEADLINE = ("seen", "heldout", "swap", "instance", "instance_scenes", "instance_contradicting")
+
+
+def _row(name: str, score: Score, percent: bool = True) -> str:
+    fmt = (lambda v: f"{100 * v:6.1f}%") if percent else (lambda v: f"{v:7.3f}")
+    return f"  {name:<22} {fmt(score.model)}   baseline {fmt(score.baseline)}   (n={score.count})"
 
 
 @torch.no_grad()
@@ -165,7 +197,9 @@ def _unknown_words(tokenizer: CaptionTokenizer, captions: list[str]) -> dict[str
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def evaluate(model: torch.nn.Module, tokenizer: CaptionTokenizer, scenes: int = 256, seed: int = 0) -> EvalReport:
+def evaluate(model: torch.nn.Module, conditioner, scenes: int = 256, seed: int = 0) -> EvalReport:
+    """Score a caption family's network; ``conditioner`` is its ``CaptionConditioner`` (the tokenizer)."""
+    tokenizer: CaptionTokenizer = conditioner.tokenizer
     cfg = model.cfg
     size, T = cfg.image_size, max_words(cfg)
     test = synthetic.make_scenes(seed, "test", 0, scenes, size, T)

@@ -1,83 +1,68 @@
-"""``langcolor evaluate``: caption following, swap, mismatch, instance accuracy, PSNR/SSIM beside the
-caption-free baseline, for one checkpoint or several (each family scored on the same scenes)."""
+"""``langcolor evaluate``: score one checkpoint or several with their family's own evaluation.
+
+Each family's ``evaluation.evaluate`` defines its figures (caption families: caption following, swap,
+mismatch, instance accuracy, PSNR/SSIM beside the caption-free baseline). With several checkpoints of
+families that share a scorer, their headline figures are printed side by side (same scenes).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+
+from langcolor.client import families
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, action="append", default=None,
                         help="checkpoint or weights file; repeat to compare several on the same scenes; "
-                        "unset = the shipped export/weights/lcode_small.pt and lcoins_small.pt (those present)")
-    parser.add_argument("--scenes", type=int, default=256, help="scenes per split (test and held-out pairs)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out scene stream")
+                        "unset = every family's shipped export/weights/<family>_small.pt")
+    parser.add_argument("--model", choices=families.names(), default=None,
+                        help="evaluate this family's shipped weights (instead of --checkpoint)")
+    parser.add_argument("--scenes", type=int, default=256, help="scenes (or image pairs) per split")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out data stream")
     parser.add_argument("--output", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads; unset = torch's choice")
 
 
-def _row(name: str, score, percent: bool = True) -> str:
-    fmt = (lambda v: f"{100 * v:6.1f}%") if percent else (lambda v: f"{v:7.3f}")
-    return f"  {name:<22} {fmt(score.model)}   baseline {fmt(score.baseline)}   (n={score.count})"
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from langcolor.client.errors import LangcolorError
-
-    from .checkpoint import default_weights_path, load_checkpoint
-    from .evaluate import evaluate
 
     if args.scenes < 1:
         raise LangcolorError("--scenes must be positive")
+    if args.model and args.checkpoint:
+        raise LangcolorError("give --model or --checkpoint, not both")
+
+    import torch
+
+    from .checkpoint import default_weights_path, load_checkpoint, shipped_weights
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    paths = args.checkpoint
+    paths = args.checkpoint or ([default_weights_path(args.model)] if args.model else shipped_weights())
     if not paths:
-        shipped = [default_weights_path("small", family) for family in ("lcode", "lcoins")]
-        paths = [p for p in shipped if p.is_file()] or shipped[:1]
-    docs = []
+        raise LangcolorError("no shipped weights found; give --checkpoint")
+    docs, reports = [], []
     for path in paths:
-        docs.append(_evaluate_one(path, args, load_checkpoint, evaluate))
-    if len(docs) > 1:
+        ckpt = load_checkpoint(path)
+        report = ckpt.record.evaluation().evaluate(ckpt.build_model(), ckpt.conditioner(), scenes=args.scenes,
+                                                  seed=args.seed)
+        print(f"{path} ({ckpt.family} {ckpt.config.name}, step {ckpt.step}, sha256 {ckpt.sha256[:12]}), "
+              f"{args.scenes} scenes per split")
+        for line in report.summary_lines():
+            print(line)
+        reports.append(report)
+        docs.append({"checkpoint": str(path), "family": ckpt.family, "sha256": ckpt.sha256,
+                     "config": ckpt.config.name, "step": ckpt.step, **report.to_dict()})
+    comparable = len({type(r) for r in reports}) == 1 and hasattr(reports[0], "HEADLINE")
+    if len(docs) > 1 and comparable:
         print("comparison (same scenes):")
-        for key in ("seen", "heldout", "swap", "instance", "instance_scenes", "instance_contradicting"):
-            print(f"  {key:<24}" + "".join(f" {d['family']:>7} {100 * d[key]['model']:5.1f}%" for d in docs))
+        for key in reports[0].HEADLINE:
+            print(f"  {key:<24}" + "".join(f" {d['family']:>9} {100 * d[key]['model']:5.1f}%" for d in docs))
     if args.output:
-        import json
-
         args.output.parent.mkdir(parents=True, exist_ok=True)
         out = docs[0] if len(docs) == 1 else {"models": docs}
         args.output.write_text(json.dumps(out, indent=2) + "\n")
         print(f"wrote {args.output}")
     return 0
-
-
-def _evaluate_one(path: Path, args: argparse.Namespace, load_checkpoint, evaluate) -> dict:
-    ckpt = load_checkpoint(path)
-    report = evaluate(ckpt.build_model(), ckpt.tokenizer, scenes=args.scenes, seed=args.seed)
-    print(f"{path} ({ckpt.family} {ckpt.config.name}, step {ckpt.step}, sha256 {ckpt.sha256[:12]}), "
-          f"{args.scenes} scenes per split")
-    print(_row("caption following seen", report.seen))
-    print(_row("caption following held", report.heldout))
-    for pair, score in report.heldout_pairs.items():
-        print(_row(f"  held: {pair}", score))
-    print(_row("background following", report.background))
-    print(_row("swap test", report.swap))
-    print(_row("mismatch (lower=better)", report.mismatch))
-    print(_row("PSNR dB", report.psnr, percent=False))
-    print(_row("SSIM", report.ssim, percent=False))
-    print(_row("instance accuracy", report.instance))
-    print(_row("  both instances right", report.instance_scenes))
-    print(_row("  usual gray levels", report.instance_natural))
-    print(_row("  contradicting gray", report.instance_contradicting))
-    for kind, score in report.instance_by_kind.items():
-        print(_row(f"  by {kind}", score))
-    print(_row("instance swap test", report.instance_swap))
-    if report.unknown_words:
-        shown = ", ".join(f"{w} ({n})" for w, n in list(report.unknown_words.items())[:10])
-        print(f"  words unknown to the tokenizer (captions): {shown}")
-    return {"checkpoint": str(path), "family": ckpt.family, "sha256": ckpt.sha256, "config": ckpt.config.name,
-            "step": ckpt.step, **report.to_dict()}

@@ -1,4 +1,4 @@
-"""``langcolor export``: checkpoint -> three ONNX stages, parity-checked -> complete Triton model repository.
+"""``langcolor export``: checkpoints -> three ONNX stages each, parity-checked -> one Triton model repository.
 
 torch is imported inside ``run()`` only, so ``langcolor --help`` stays fast.
 """
@@ -14,16 +14,13 @@ from langcolor.client.paths import default_model_repository
 
 from .triton_config import BACKENDS
 
-# export/weights/lcode_small.pt, the shipped weights (same as checkpoint.default_weights_path()).
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "lcode_small.pt"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", type=Path, action="append", default=None,
         help="trained weights (.pt); repeat for several families in one repository (the first is the "
-        "colorize endpoint's default); unset = the shipped export/weights/lcode_small.pt, then "
-        "lcoins_small.pt when present (the committed model_repository/ holds both)",
+        "colorize endpoint's default); unset = every family's shipped export/weights/<family>_small.pt, "
+        "the default family first (the committed model_repository/ holds them all)",
     )
     parser.add_argument(
         "--output", type=Path, default=default_model_repository(), help="model repository to (re)write"
@@ -32,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend",
         choices=BACKENDS,
         default="python",
-        help="python: Python-backend stages running the ONNX files with onnxruntime (the tritonserver in "
-        "nvidia-pytriton); onnxruntime: platform onnxruntime_onnx (NVIDIA's Triton container)",
+        help="python: the langcolor Python-based backend running the ONNX files with onnxruntime (the "
+        "tritonserver in nvidia-pytriton); onnxruntime: platform onnxruntime_onnx (NVIDIA's Triton container)",
     )
     parser.add_argument("--gpu", action="store_true", help="KIND_GPU instance groups (onnxruntime backend)")
     parser.add_argument("--tensorrt", action="store_true", help="TensorRT execution accelerator (needs --gpu)")
@@ -75,50 +72,26 @@ def _target(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     target = _target(args)
 
-    from .checkpoint import load_checkpoint
-    from .triton_repo import write_model_repository
+    from .checkpoint import load_checkpoint, shipped_weights
+    from .triton_repo import ExportEntry, write_repository
 
-    shipped = [DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT.with_name("lcoins_small.pt")]
-    paths = args.checkpoint or [p for p in shipped if p.is_file()] or shipped[:1]
-    if len(paths) > 1:
-        return _run_multi(args, target, [(Path(p), load_checkpoint(p)) for p in paths])
-    args.checkpoint = paths[0]
-    ckpt = load_checkpoint(args.checkpoint)
-    model = ckpt.build_model()
-    print(f"checkpoint {args.checkpoint} ({ckpt.config.name}, step {ckpt.step}, sha256 {ckpt.sha256[:12]})")
-    repo = write_model_repository(
-        model,
-        ckpt.tokenizer,
-        ckpt.sha256,
-        args.output,
-        target=target,
-        extra={"config": ckpt.config.name, "checkpoint": Path(args.checkpoint).name, "step": ckpt.step},
-        max_pixels=args.max_pixels,
-    )
-    g = repo.manifest.geometry
-    print(
-        f"model repository {repo.root} ({target.backend} backend{', GPU' if target.gpu else ''}"
-        f"{', TensorRT' if target.tensorrt else ''}{' FP16' if target.fp16 else ''}): "
-        f"S={g.image_size}, T={g.max_tokens}, features {list(g.feature_shape)}, vocab {g.vocab_size}"
-    )
-    print("parity against PyTorch (onnxruntime CPU, FP32):")
-    for line in repo.parity.summary_lines():
-        print("  " + line)
-    return 0
-
-
-def _run_multi(args: argparse.Namespace, target, checkpoints) -> int:
-    from .multi_repo import write_multi_repository
-
-    for path, ckpt in checkpoints:
+    paths = args.checkpoint or shipped_weights()
+    if not paths:
+        raise LangcolorError("no shipped weights found in export/weights/; give --checkpoint")
+    entries = []
+    for path in paths:
+        ckpt = load_checkpoint(path)
         print(f"checkpoint {path} ({ckpt.family} {ckpt.config.name}, step {ckpt.step}, sha256 {ckpt.sha256[:12]})")
-    repos = write_multi_repository(checkpoints, args.output, target=target, max_pixels=args.max_pixels)
-    print(f"model repository {repos[0].root} ({target.backend} backend): "
-          f"{', '.join(r.manifest.geometry.family for r in repos)}; colorize calls {repos[0].manifest.geometry.family}")
+        entries.append(ExportEntry.from_checkpoint(ckpt, checkpoint=Path(path).name))
+    repos = write_repository(entries, args.output, target=target, max_pixels=args.max_pixels)
+    accel = f"{', GPU' if target.gpu else ''}{', TensorRT' if target.tensorrt else ''}{' FP16' if target.fp16 else ''}"
+    print(f"model repository {repos[0].root} ({target.backend} backend{accel}): "
+          f"{', '.join(r.manifest.geometry.family for r in repos)}; colorize defaults to {repos[0].manifest.geometry.family}")
     for repo in repos:
         g = repo.manifest.geometry
-        print(f"{g.family}: S={g.image_size}, T={g.max_tokens}, features {list(g.feature_shape)}, vocab {g.vocab_size}; "
-              "parity against PyTorch (onnxruntime CPU, FP32):")
+        inputs = ", ".join(f"{t.name} {list(t.dims)}" for t in (g.image, *g.condition_specs))
+        print(f"{g.family}: {inputs} -> {', '.join(t.name for t in g.outputs)}; parity against PyTorch "
+              "(onnxruntime CPU, FP32):")
         for line in repo.parity.summary_lines():
             print("  " + line)
     return 0

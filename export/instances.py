@@ -76,7 +76,7 @@ def _instance_phrase(rng, d: str, colour: str, shape: str, kind: str, short: boo
     if form == 0:
         return ["the", d, shape, "is", colour]
     if form == 1 or kind == "size":
-        return ["the" if kind == "position" else synthetic._article(d), d, colour, shape]
+        return ["the" if kind == "position" else synthetic.article(d), d, colour, shape]
     return ["the", colour, shape, "on", "the", d]
 
 
@@ -96,12 +96,12 @@ def _caption(rng, instances, extra, bg: str | None, kind: str, max_words: int):
             pairs.append((len(words) + phrase.index(shape), len(words) + phrase.index(colour)))
             words += phrase
         if use_extra:
-            phrase = ["and"] + synthetic._phrase(rng, extra[1], extra[0], int(rng.integers(0, 4)))
+            phrase = ["and"] + synthetic.phrase(rng, extra[1], extra[0], int(rng.integers(0, 4)))
             pairs.append((len(words) + phrase.index(extra[0]), len(words) + phrase.index(extra[1])))
             words += phrase
         if use_bg:
             if short or rng.random() < 0.5:
-                tail = ["on", synthetic._article(bg), bg, BACKGROUND]
+                tail = ["on", synthetic.article(bg), bg, BACKGROUND]
             else:
                 tail = ["and", "the", BACKGROUND, "is", bg]
             pairs.append((len(words) + tail.index(BACKGROUND), len(words) + tail.index(bg)))
@@ -158,7 +158,7 @@ def make_instance_scene(seed: int, split: str, index: int, image_size: int, max_
     ab[0], ab[1] = PALETTE[bg_colour]
     masks = np.zeros((len(shapes), size, size), dtype=bool)
     for k, (s, colour, (cy, cx, r), obj_l) in enumerate(zip(shapes, colours, spots, obj_ls)):
-        m = synthetic._shape_mask(s, cy, cx, r, size)
+        m = synthetic.shape_mask(s, cy, cx, r, size)
         L[m] = obj_l
         jitter = rng.uniform(-synthetic.AB_JITTER, synthetic.AB_JITTER, size=2)
         ab[0][m] = PALETTE[colour][0] + jitter[0]
@@ -187,5 +187,5 @@ def swap_instance_colours(inst: InstanceScene) -> tuple[str, tuple[str, str]]:
     words = [b if w == a else a if w == b else w for w in inst.scene.words]
     for i, w in enumerate(words[1:], 1):  # keep articles grammatical
         if words[i - 1] in ("a", "an") and w in COLOURS:
-            words[i - 1] = synthetic._article(w)
+            words[i - 1] = synthetic.article(w)
     return " ".join(words), (b, a)

@@ -1,7 +1,7 @@
 """Export each stage module (encoder, fusion, decoder) to its own ONNX file.
 
-Tensor names and the dynamic batch axis come from ``stage_specs(geometry)``; the caption length T
-is fixed. After export every file's graph signature is read back and compared with its spec, so an
+Tensor names and the dynamic batch axis come from ``stage_specs(geometry)``; every other axis
+(the caption length T among them) is fixed. After export every file's graph signature is read back and compared with its spec, so an
 exporter-invented name (``input.1``, ``308``) or a batch axis frozen to the trace size fails here
 rather than in a Triton config.
 """
@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from langcolor.client.errors import ExportParityError
-from langcolor.client.lab import L_MAX
-from langcolor.client.spec import BATCH, L_NAME, PAD_ID, TOKENS_NAME, ModelGeometry, StageSpec, TensorSpec
+from langcolor.client.spec import BATCH, PAD_ID, TOKENS_KIND, StageSpec, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +42,28 @@ class OnnxSignature:
     outputs: tuple[TensorSpec, ...]
 
 
-def caption_tokens(lengths: list[int], geom: ModelGeometry, rng: np.random.Generator) -> np.ndarray:
-    """Token ids [B, T]: ``lengths[b]`` real ids in [1, vocab), then PAD_ID."""
-    assert all(1 <= n <= geom.max_tokens for n in lengths), lengths
-    tokens = np.full((len(lengths), geom.max_tokens), PAD_ID, dtype=np.int64)  # (B, T)
+def token_ids(lengths: list[int], spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
+    """Token ids [B, T] for a tokens-kind spec: ``lengths[b]`` real ids in [1, vocab), then PAD_ID."""
+    T, top = spec.dims[0], int(spec.value_range[1])
+    assert all(1 <= n <= T for n in lengths), lengths
+    tokens = np.full((len(lengths), T), PAD_ID, dtype=np.int64)  # (B, T)
     for row, n in enumerate(lengths):
-        tokens[row, :n] = rng.integers(1, geom.vocab_size, size=n)
+        tokens[row, :n] = rng.integers(1, top + 1, size=n)
     return tokens
 
 
-def sample_input(t: TensorSpec, geom: ModelGeometry, batch: int, rng: np.random.Generator) -> np.ndarray:
-    """A plausible value for one declared input: L in [0, L_MAX], padded captions, features >= 0."""
+def sample_input(t: TensorSpec, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """A plausible value for one declared input: within its value range, padded ids for tokens, and
+    non-negative values of order one for features (they come after a ReLU)."""
     shape = (batch, *t.dims)
-    if t.name == L_NAME:
-        return rng.uniform(0.0, L_MAX, size=shape).astype(np.float32)  # (B, 1, S, S)
-    if t.name == TOKENS_NAME:
-        lengths = [int(n) for n in rng.integers(1, geom.max_tokens + 1, size=batch)]
-        return caption_tokens(lengths, geom, rng)  # (B, T)
-    # Intermediate features come after a ReLU in the encoder: non-negative, order one.
+    if t.kind == TOKENS_KIND:
+        lengths = [int(n) for n in rng.integers(1, t.dims[0] + 1, size=batch)]
+        return token_ids(lengths, t, rng)  # (B, T)
+    if t.value_range is not None:
+        lo, hi = t.value_range
+        if np.dtype(t.dtype).kind == "f":
+            return rng.uniform(lo, hi, size=shape).astype(np.dtype(t.dtype))
+        return rng.integers(int(lo), int(hi) + 1, size=shape).astype(np.dtype(t.dtype))
     return np.abs(rng.standard_normal(shape)).astype(np.dtype(t.dtype))
 
 
@@ -122,10 +125,10 @@ def _declare_static_dims(path: Path, spec: StageSpec) -> None:
         onnx.save(model, str(path))
 
 
-def export_stage(module: nn.Module, spec: StageSpec, geom: ModelGeometry, path: Path, *, seed: int = 0) -> Path:
+def export_stage(module: nn.Module, spec: StageSpec, path: Path, *, seed: int = 0) -> Path:
     """Trace ``module`` (its forward takes ``spec.inputs`` in order) into ``path`` with the spec's names."""
     rng = np.random.default_rng(seed)
-    inputs = tuple(torch.from_numpy(sample_input(t, geom, TRACE_BATCH, rng)) for t in spec.inputs)
+    inputs = tuple(torch.from_numpy(sample_input(t, TRACE_BATCH, rng)) for t in spec.inputs)
     dynamic_axes = {t.name: t.dynamic_axes for t in (*spec.inputs, *spec.outputs)}
     assert all(axes == {0: BATCH} for axes in dynamic_axes.values()), dynamic_axes
     path = Path(path)
@@ -162,8 +165,8 @@ def export_stage(module: nn.Module, spec: StageSpec, geom: ModelGeometry, path: 
 
 
 def export_stages(
-    modules: dict[str, nn.Module], specs: dict[str, StageSpec], geom: ModelGeometry, out_paths: dict[str, Path]
+    modules: dict[str, nn.Module], specs: dict[str, StageSpec], out_paths: dict[str, Path]
 ) -> dict[str, Path]:
     """Export every stage of ``specs`` (keys: stage names) to ``out_paths[stage]``."""
     assert set(modules) == set(specs) == set(out_paths), (set(modules), set(specs), set(out_paths))
-    return {stage: export_stage(modules[stage], specs[stage], geom, out_paths[stage]) for stage in specs}
+    return {stage: export_stage(modules[stage], specs[stage], out_paths[stage]) for stage in specs}

@@ -24,10 +24,9 @@ import torch
 from torch import nn
 
 from langcolor.client.errors import ExportParityError
-from langcolor.client.lab import L_MAX
-from langcolor.client.spec import ModelGeometry, StageSpec
+from langcolor.client.spec import STAGES, TOKENS_KIND, ModelGeometry, StageSpec, TensorSpec
 
-from .onnx_export import caption_tokens
+from .onnx_export import sample_input, token_ids
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ class ParityReport:
         for c in self.checks:
             key = f"{c.stage}.{c.tensor}"
             runs[key] = runs.get(key, 0) + 1
-            if c.stage in ("fusion", PIPELINE):
+            if c.caption_lengths:
                 with_tokens.add(key)
         lines = []
         for key, diff in self.worst().items():
@@ -175,6 +174,15 @@ class _Checker:
         return ref
 
 
+def _sample_image(t: TensorSpec, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """The image input: a smooth gradient plus noise covering its whole value range."""
+    lo, hi = t.value_range if t.value_range is not None else (0.0, 1.0)
+    side = t.dims[-1]
+    ramp = np.linspace(lo, hi, side, dtype=np.float32).reshape((1,) * len(t.shape[:-1]) + (side,))
+    noise = rng.uniform(-0.2 * (hi - lo), 0.2 * (hi - lo), size=(batch, *t.dims))
+    return np.clip(ramp + noise, lo, hi).astype(np.dtype(t.dtype))  # (B, *dims)
+
+
 def validate_export(
     modules: dict[str, nn.Module],
     specs: dict[str, StageSpec],
@@ -185,36 +193,43 @@ def validate_export(
     atol: float = DEFAULT_ATOL,
     seed: int = 0,
 ) -> ParityReport:
-    """Check every stage file against its module; raise ``ExportParityError`` listing every failure."""
-    encoder, fusion, decoder = (specs[s] for s in ("encoder", "fusion", "decoder"))
+    """Check every stage file against its module; raise ``ExportParityError`` listing every failure.
+
+    Conditions are sampled from their specs once per batch size; a tokens-kind condition is run at
+    every caption length 1..T (rows of one batch mixing lengths), in the stage that takes it."""
     for m in modules.values():
         m.eval()
     rng = np.random.default_rng(seed)
     checker = _Checker(specs, paths, atol)
-    T = geom.max_tokens
+    tokens = geom.tokens
+    T = tokens.dims[0] if tokens is not None else 0
     for batch in batch_sizes:
-        # L: a smooth gradient plus noise covering the whole [0, L_MAX] range.
-        ramp = np.linspace(0.0, L_MAX, geom.image_size, dtype=np.float32)[None, None, None, :]
-        noise = rng.uniform(-20.0, 20.0, size=(batch, 1, geom.image_size, geom.image_size))
-        l_in = np.clip(ramp + noise, 0.0, L_MAX).astype(np.float32)  # (B, 1, S, S)
-        feats = checker.check_stage("encoder", modules["encoder"], {encoder.inputs[0].name: l_in}, ())
-        modulated = None
-        for length in range(1, T + 1):
-            # Row r has length+r real tokens (cycling through 1..T): every batch mixes lengths,
-            # and row 0 walks through every length 1..T.
-            lengths = tuple(((length - 1 + r) % T) + 1 for r in range(batch))
-            tokens = caption_tokens(list(lengths), geom, rng)  # (B, T)
-            feeds = {**feats, fusion.inputs[1].name: tokens}
-            out = checker.check_stage("fusion", modules["fusion"], feeds, lengths)
-            if length == T:
-                modulated, last_tokens, last_lengths = out, tokens, lengths
-        ab_ref = checker.check_stage("decoder", modules["decoder"], modulated, last_lengths)
-        # End to end through onnxruntime only, against the PyTorch chain above.
-        e = checker.onnx_run("encoder", {encoder.inputs[0].name: l_in})
-        f = checker.onnx_run("fusion", {**e, fusion.inputs[1].name: last_tokens})
-        d = checker.onnx_run("decoder", f)
-        for name in decoder.output_names:
-            checker.compare(PIPELINE, name, ab_ref[name], d.get(name), last_lengths, batch)
+        given = {geom.image.name: _sample_image(geom.image, batch, rng)}
+        for c in geom.condition_specs:
+            if c.kind != TOKENS_KIND:
+                given[c.name] = sample_input(c, batch, rng)
+        feeds: dict[str, np.ndarray] = dict(given)
+        last_lengths: tuple[int, ...] = ()
+        for stage in STAGES:
+            spec = specs[stage]
+            takes_tokens = tokens is not None and tokens.name in spec.input_names
+            out = None
+            for length in range(1, T + 1) if takes_tokens else (None,):
+                lengths: tuple[int, ...] = ()
+                if length is not None:
+                    # Row r has length+r real tokens (cycling through 1..T): every batch mixes lengths,
+                    # and row 0 walks through every length 1..T.
+                    lengths = tuple(((length - 1 + r) % T) + 1 for r in range(batch))
+                    feeds[tokens.name] = token_ids(list(lengths), tokens, rng)  # (B, T)
+                out = checker.check_stage(stage, modules[stage], feeds, lengths)
+                last_lengths = lengths or last_lengths
+            feeds.update(out)
+        # End to end through onnxruntime only, against the PyTorch chain above (last caption lengths).
+        chained = {n: feeds[n] for n in given} | ({tokens.name: feeds[tokens.name]} if tokens is not None else {})
+        for stage in STAGES:
+            chained.update(checker.onnx_run(stage, chained))
+        for name in specs["decoder"].output_names:
+            checker.compare(PIPELINE, name, feeds[name], chained.get(name), last_lengths, batch)
     report = ParityReport(geom.family, atol, tuple(batch_sizes), T, tuple(checker.checks))
     log.info(
         "parity vs PyTorch (atol %.0e): %s",

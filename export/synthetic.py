@@ -78,7 +78,7 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), SPLITS[split], int(index)])
 
 
-def _shape_mask(shape: str, cy: float, cx: float, r: float, size: int) -> np.ndarray:
+def shape_mask(shape: str, cy: float, cx: float, r: float, size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5  # pixel centres
     dy, dx = yy - cy, xx - cx
     if shape == "circle":
@@ -135,14 +135,14 @@ def _place(rng: np.random.Generator, n: int, size: int) -> list[tuple[float, flo
 
 
 # ---------------------------------------------------------------------------------------- captions
-def _article(word: str) -> str:
+def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _phrase(rng, colour: str, noun: str, style: int) -> list[str]:
+def phrase(rng, colour: str, noun: str, style: int) -> list[str]:
     """Word list naming one noun's colour; the colour word precedes or follows the noun."""
     if style == 0:
-        return [_article(colour), colour, noun]
+        return [article(colour), colour, noun]
     if style == 1:
         return ["the", colour, noun]
     if style == 2:
@@ -165,15 +165,15 @@ def _caption(rng: np.random.Generator, named: list[tuple[str, str]], bg: str | N
                     pieces += joiner
                 else:
                     pieces[-1] += ","
-            phrase = _phrase(rng, colour, noun, style)
+            part = phrase(rng, colour, noun, style)
             start = len(words)
-            words += phrase
-            pieces += phrase
-            pairs.append((start + phrase.index(noun), start + phrase.index(colour)))
+            words += part
+            pieces += part
+            pairs.append((start + part.index(noun), start + part.index(colour)))
         if bg is not None:
             form = int(rng.integers(0, 3)) if attempt < 3 else 2
             if form == 0 and named:
-                tail = ["on", _article(bg), bg, BACKGROUND]
+                tail = ["on", article(bg), bg, BACKGROUND]
             elif form == 1 or not named:
                 tail = ["the", BACKGROUND, "is", bg] if not named else ["and", "the", BACKGROUND, "is", bg]
             else:
@@ -211,7 +211,7 @@ def make_scene(seed: int, split: str, index: int, image_size: int, max_tokens: i
 
     masks = np.zeros((len(shapes), size, size), dtype=bool)
     for k, (shape, colour, (cy, cx, r)) in enumerate(zip(shapes, colours, spots)):
-        m = _shape_mask(shape, cy, cx, r, size)
+        m = shape_mask(shape, cy, cx, r, size)
         while True:  # luminance independent of colour, but with a visible edge
             obj_l = rng.uniform(*L_OBJECT)
             if abs(obj_l - bg_l) >= MIN_L_CONTRAST:

@@ -1,66 +1,64 @@
-"""Write a complete Triton model repository from a network, its tokenizer and its weights hash.
+"""Write a complete Triton model repository for one family or several, in one pass.
 
-Layout (``<family>`` = ``lcode``)::
+Layout, per family ``<f>``::
 
-    <family>_encoder/config.pbtxt, 1/model.onnx (+ 1/model.py for the python target)
-    <family>_fusion/...   <family>_decoder/...
-    <family>/config.pbtxt                       the ensemble L, TOKENS -> AB
-    <family>/1/langcolor.json                   ModelManifest (geometry, tokenizer and weights hashes)
-    <family>/1/tokenizer.json                   the exact tokenizer the weights were trained with
-    <family>/1/parity.json                      the export's parity figures (Triton ignores the file)
-    colorize/config.pbtxt, 1/model.py           the bytes endpoint (BLS over the ensemble)
+    <f>_encoder/config.pbtxt, 1/model.onnx      (and <f>_fusion, <f>_decoder)
+    <f>/config.pbtxt                            the ensemble: image + conditions -> outputs
+    <f>/1/langcolor.json                        ModelManifest (geometry, weights hash, assets' hashes)
+    <f>/1/<asset>                               the conditioner's files (a caption family's tokenizer.json)
+    <f>/1/parity.json                           the export's parity figures (Triton ignores the file)
+    colorize/config.pbtxt, 1/families.json      the bytes endpoint over every family written
 
-Everything is written to a temporary folder beside the destination, parity-checked, and only then
-swapped in, so a failed export never leaves half a repository where the old one was.
+The Python models (the stages on the python target, and ``colorize``) name the ``langcolor``
+Python-based backend, which ``langcolor serve`` (or the GPU container) installs in Triton's backend
+directory: no copy of a ``model.py`` sits in the repository. The first family given is the endpoint's
+default. Everything is written to a temporary folder beside the destination, parity-checked, and only
+then swapped in, so a failed export never leaves half a repository where the old one was.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from langcolor.client import families, names
 from langcolor.client.errors import LangcolorError
 from langcolor.client.imageio import DEFAULT_MAX_PIXELS
-from langcolor.client.spec import MANIFEST_FILE, STAGES, TOKENIZER_FILE, ModelGeometry, ModelManifest, stage_specs
-from langcolor.client.tokenizer import CaptionTokenizer
+from langcolor.client.provenance import git_revision
+from langcolor.client.spec import MANIFEST_FILE, STAGES, ModelManifest, stage_specs
 
+from .checkpoint import Checkpoint
 from .onnx_export import OPSET, export_stages
 from .parity import ParityReport, validate_export
-from .triton_config import (
-    COLORIZE_MODEL,
-    CONFIG_FILE,
-    ONNX_FILE,
-    PYTHON_MODEL_FILE,
-    Target,
-    colorize_config,
-    ensemble_config,
-    stage_config,
-)
+from .triton_config import CONFIG_FILE, ONNX_FILE, Target, colorize_config, ensemble_config, stage_config, to_text
 
 log = logging.getLogger(__name__)
 
 PARITY_FILE = "parity.json"  # in <family>/1/: a plain file in a version folder, which Triton ignores
+FAMILIES_FILE = "families.json"  # in colorize/1/: what the endpoint serves (Triton ignores the file)
 VERSION = "1"
-_MODELS_DIR = Path(__file__).parent / "triton_models"
-STAGE_MODEL_SOURCE = _MODELS_DIR / "stage_model.py"
-COLORIZE_MODEL_SOURCE = _MODELS_DIR / "colorize_model.py"
 
-# A few captions for the random-weight test repository (words the synthetic scenes use).
-TINY_CAPTIONS = (
-    "a red circle on a blue background",
-    "the green square and a yellow triangle",
-    "an orange triangle beside a pink circle",
-    "a purple square on a gray background",
-    "a brown circle, a blue square and a green triangle",
-)
+
+@dataclass(frozen=True)
+class ExportEntry:
+    """One family's trained (or random) network and what travels with it."""
+
+    model: nn.Module  # .encoder, .fusion, .decoder, .geometry, .cfg
+    assets: dict[str, str]  # the conditioner's files, by name
+    weights_sha256: str
+    extra: dict = field(default_factory=dict)  # provenance for the manifest (checkpoint, step, weights)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint, **extra) -> "ExportEntry":
+        return cls(ckpt.build_model(), ckpt.assets, ckpt.sha256, {"step": ckpt.step, **extra})
 
 
 @dataclass(frozen=True)
@@ -71,20 +69,9 @@ class ExportedRepository:
     parity: ParityReport
 
 
-def _git_revision() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _looks_like_repository(path: Path) -> bool:
     """Only a folder of model folders (each with a config.pbtxt) may be replaced wholesale."""
-    entries = list(path.iterdir())
-    return all(e.is_dir() and (e / CONFIG_FILE).is_file() for e in entries)
+    return all(e.is_dir() and (e / CONFIG_FILE).is_file() for e in path.iterdir())
 
 
 def _check_replaceable(out_dir: Path) -> None:
@@ -103,92 +90,73 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: Path, text: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
+
+
+def _write_family(tmp: Path, entry: ExportEntry, target: Target) -> ExportedRepository:
+    """Export, parity-check and write one family's stages, ensemble and version folder into ``tmp``."""
+    model, geom = entry.model, entry.model.geometry
+    record = families.get(geom.family)
+    blobs = {name: text.encode("utf-8") for name, text in entry.assets.items()}
+    record.conditioner(geom, blobs)  # the assets must build the conditioner the client will build
+    specs = stage_specs(geom)
+    modules = {stage: getattr(model, stage) for stage in STAGES}
+    onnx_paths = {s: tmp / specs[s].model_name / VERSION / ONNX_FILE for s in STAGES}
+    export_stages(modules, specs, onnx_paths)
+    parity = validate_export(modules, specs, onnx_paths, geom)
+    for stage in STAGES:
+        _write(tmp / specs[stage].model_name / CONFIG_FILE, to_text(stage_config(specs[stage], target)))
+    assets = {name: hashlib.sha256(data).hexdigest() for name, data in blobs.items()}
+    manifest = ModelManifest(
+        geometry=geom, weights_sha256=entry.weights_sha256, assets=assets, config=model.cfg.name,
+        extra={"git_revision": git_revision(), "onnx_opset": OPSET, "backend": target.backend, **entry.extra},
+    )
+    family_dir = tmp / geom.family
+    _write(family_dir / CONFIG_FILE, to_text(ensemble_config(geom, target, assets, entry.weights_sha256)))
+    _write(family_dir / VERSION / MANIFEST_FILE, manifest.to_json() + "\n")
+    for name, data in blobs.items():
+        _write(family_dir / VERSION / name, data)
+    parity.save(family_dir / VERSION / PARITY_FILE)
+    return ExportedRepository(tmp, manifest, target, parity)
 
 
 def write_repository(
-    modules: dict[str, nn.Module],
-    geom: ModelGeometry,
-    tokenizer: CaptionTokenizer,
-    weights_sha256: str,
-    out_dir: Path,
-    target: Target = Target(),
-    extra: dict | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> ExportedRepository:
-    """Export, parity-check and write the repository for ``modules`` (keys: encoder, fusion, decoder)."""
-    if tokenizer.vocab_size != geom.vocab_size or tokenizer.max_tokens != geom.max_tokens:
-        raise LangcolorError(
-            f"tokenizer (vocab {tokenizer.vocab_size}, T={tokenizer.max_tokens}) does not fit the network "
-            f"(vocab {geom.vocab_size}, T={geom.max_tokens})"
-        )
+    entries: list[ExportEntry], out_dir: Path, target: Target = Target(), max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[ExportedRepository]:
+    """Export every entry (one per family; the first is the endpoint's default) into ``out_dir``."""
+    served = [e.model.geometry.family for e in entries]
+    if not entries or len(set(served)) != len(served):
+        raise LangcolorError(f"one network per family: got {', '.join(served) or 'none'}")
     out_dir = Path(out_dir).resolve()
     _check_replaceable(out_dir)  # before minutes of work, and again just before the swap
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        specs = stage_specs(geom)
-        onnx_paths = {s: tmp / specs[s].model_name / VERSION / ONNX_FILE for s in STAGES}
-        export_stages(modules, specs, geom, onnx_paths)
-        parity = validate_export(modules, specs, onnx_paths, geom)
-
-        for stage in STAGES:
-            spec = specs[stage]
-            _write(tmp / spec.model_name / CONFIG_FILE, stage_config(spec, geom, target))
-            if target.backend == "python":
-                shutil.copyfile(STAGE_MODEL_SOURCE, tmp / spec.model_name / VERSION / PYTHON_MODEL_FILE)
-
-        manifest = ModelManifest(
-            geometry=geom,
-            tokenizer_sha256=tokenizer.sha256,
-            weights_sha256=weights_sha256,
-            extra={"git_revision": _git_revision(), "onnx_opset": OPSET, "backend": target.backend, **(extra or {})},
-        )
-        family_dir = tmp / geom.family
-        _write(family_dir / CONFIG_FILE, ensemble_config(geom, target, tokenizer.sha256, weights_sha256))
-        _write(family_dir / VERSION / MANIFEST_FILE, manifest.to_json() + "\n")
-        tokenizer.save(family_dir / VERSION / TOKENIZER_FILE)
-        parity.save(family_dir / VERSION / PARITY_FILE)
-
-        colorize_dir = tmp / COLORIZE_MODEL
-        _write(colorize_dir / CONFIG_FILE, colorize_config(geom, target, max_pixels))
-        (colorize_dir / VERSION).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(COLORIZE_MODEL_SOURCE, colorize_dir / VERSION / PYTHON_MODEL_FILE)
-
+        results = [_write_family(tmp, entry, target) for entry in entries]
+        fields = families.all_inputs(tuple(served))
+        weights = {r.manifest.geometry.family: r.manifest.weights_sha256 for r in results}
+        colorize_dir = tmp / names.COLORIZE_MODEL
+        _write(colorize_dir / CONFIG_FILE,
+               to_text(colorize_config(served[0], tuple(served), fields, weights, target, max_pixels)))
+        _write(colorize_dir / VERSION / FAMILIES_FILE, json.dumps({"default": served[0], "families": served}) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the repository is meant to be read by a server
         _swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("wrote model repository %s (%s backend)", out_dir, target.backend)
-    return ExportedRepository(out_dir, manifest, target, parity)
+    log.info("wrote model repository %s (%s backend): %s", out_dir, target.backend, ", ".join(served))
+    return [ExportedRepository(out_dir, r.manifest, r.target, r.parity) for r in results]
 
 
-def write_model_repository(model: nn.Module, tokenizer: CaptionTokenizer, weights_sha256: str, out_dir: Path, **kw):
-    """Same as ``write_repository`` for a whole network with ``.encoder``, ``.fusion``, ``.decoder``, ``.geometry``."""
-    modules = {stage: getattr(model, stage) for stage in STAGES}
-    return write_repository(modules, model.geometry, tokenizer, weights_sha256, out_dir, **kw)
-
-
-def build_tiny_repository(out_dir: Path, backend: str = "python", seed: int = 0) -> Path:
-    """A random-weight ``tiny`` network with a tokenizer from a few captions, exported for tests.
+def build_tiny_repository(out_dir: Path, backend: str = "python", seed: int = 0,
+                          family: str = families.DEFAULT_FAMILY) -> Path:
+    """A random-weight ``tiny`` network of ``family``, exported for tests.
 
     The colours it produces mean nothing; the files, names, shapes and hashes are those of a real
-    export, so servers and clients can be tested in seconds.
-    """
-    from .checkpoint import content_hash
-    from .config import CONFIGS
-    from .lcode import LCoDe
-
-    cfg = CONFIGS["tiny"]
-    tokenizer = CaptionTokenizer.train(TINY_CAPTIONS, cfg.max_tokens)
-    torch.manual_seed(seed)
-    model = LCoDe(cfg, tokenizer.vocab_size).eval()
-    weights_sha256 = content_hash(cfg, tokenizer.to_str(), model.state_dict())
-    repo = write_model_repository(
-        model, tokenizer, weights_sha256, Path(out_dir), target=Target(backend=backend),
-        extra={"config": cfg.name, "weights": f"random, seed {seed}"},
-    )
-    return repo.root
+    export, so servers and clients can be tested in seconds."""
+    ckpt = Checkpoint.random(family, "tiny", seed)
+    entry = ExportEntry.from_checkpoint(ckpt, config="tiny", weights=f"random, seed {seed}")
+    write_repository([entry], Path(out_dir), target=Target(backend=backend))
+    return Path(out_dir).resolve()

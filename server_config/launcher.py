@@ -3,7 +3,9 @@
 The wheel ships Triton 2.51 (``pytriton/tritonserver/bin/tritonserver``), its shared libraries in
 ``site-packages/nvidia_pytriton.libs`` and one Python-backend stub per Python version. The stub
 must sit beside ``libtriton_python.so``, so we assemble a backend directory of our own (a cache
-folder, copied once per wheel + Python version) rather than writing into site-packages.
+folder, copied once per wheel + Python version) rather than writing into site-packages. It also
+holds the project's Python-based backend, ``langcolor/model.py``, which every Python model of the
+repository names (``backend: "langcolor"``).
 
 Three details decide whether a Python-backend model can import this project:
 - ``PATH`` starts with this interpreter's ``bin/``: the stub embeds Python and finds its
@@ -22,6 +24,7 @@ while any model is not ready.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from langcolor.client.errors import ModelNotFoundError, ServerError
+from langcolor.client.names import BACKEND
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,8 @@ STARTUP_TIMEOUT_S = 180.0  # model loading on a busy 2-core machine
 # in-flight requests, up to --exit-timeout-secs in all, then unloads the models.
 EXIT_TIMEOUT_S = 15
 STOP_GRACE_S = 15.0  # after the exit timeout, before SIGKILL: unloading takes a few seconds
+# The langcolor Python-based backend's model.py, installed as backends/langcolor/model.py.
+BACKEND_SHIM = Path(__file__).resolve().parent / "backend" / "model.py"
 
 
 class ModelLoadError(ServerError):
@@ -147,11 +153,14 @@ class TritonDist:
         return dist
 
     def backend_directory(self, cache_dir: Path | None = None) -> Path:
-        """A ``backends/`` folder with the Python backend and this Python's stub, built once."""
+        """A ``backends/`` folder with the Python backend, this Python's stub and the ``langcolor``
+        Python-based backend (``backends/langcolor/model.py``), built once per wheel, Python and shim."""
         cache = Path(cache_dir or os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "langcolor"
-        key = f"tritonserver-{self.binary.stat().st_size}-{self.stub.stat().st_mtime_ns}-py{sys.version_info[0]}{sys.version_info[1]}"
+        shim = BACKEND_SHIM.read_bytes()
+        key = (f"tritonserver-{self.binary.stat().st_size}-{self.stub.stat().st_mtime_ns}-"
+               f"py{sys.version_info[0]}{sys.version_info[1]}-{hashlib.sha256(shim).hexdigest()[:12]}")
         target = cache / key / "backends"
-        if (target / "python" / "triton_python_backend_stub").exists():
+        if (target / "python" / "triton_python_backend_stub").exists() and (target / BACKEND / "model.py").exists():
             return target
         cache.mkdir(parents=True, exist_ok=True)
         # Build aside then rename, so two processes starting at once never see half a directory.
@@ -161,6 +170,8 @@ class TritonDist:
         for f in ("libtriton_python.so", "triton_python_backend_utils.py"):
             shutil.copy2(self.python_backend / f, py / f)
         shutil.copy2(self.stub, py / "triton_python_backend_stub")
+        (tmp / "backends" / BACKEND).mkdir()
+        (tmp / "backends" / BACKEND / "model.py").write_bytes(shim)
         (cache / key).parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(tmp, cache / key)

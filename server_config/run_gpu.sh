@@ -14,12 +14,12 @@ HTTP=${LANGCOLOR_HTTP_PORT:-8000}
 GRPC=${LANGCOLOR_GRPC_PORT:-8001}
 METRICS=${LANGCOLOR_METRICS_PORT:-8002}
 
-if [ ! -f "$REPO/lcode/config.pbtxt" ]; then
+if [ ! -f "$REPO/colorize/config.pbtxt" ]; then
     echo "no model repository at $REPO; create it with:" >&2
     echo "  langcolor export --backend onnxruntime --gpu --output $REPO" >&2
     exit 2
 fi
-if ! grep -q 'platform: "onnxruntime_onnx"' "$REPO/lcode_encoder/config.pbtxt"; then
+if grep -lq 'backend: "langcolor"' "$REPO"/*_encoder/config.pbtxt; then
     echo "warning: $REPO holds python-backend stages (CPU); export with --backend onnxruntime --gpu for the GPU" >&2
 fi
 

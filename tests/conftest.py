@@ -17,6 +17,8 @@ import pytest
 
 log = logging.getLogger(__name__)
 
+from langcolor.client.families import DEFAULT_FAMILY
+from langcolor.client.names import BACKEND
 from langcolor.client.paths import default_model_repository
 
 # The repo-root model_repository/, or $LANGCOLOR_MODEL_REPOSITORY (to test another export).
@@ -30,17 +32,19 @@ class ServedRepository:
 
 
 def _is_python_backend_export(repo: Path) -> bool:
-    """Every stage of ``lcode`` runs on the python backend (the bundled Triton has no onnxruntime one)."""
-    configs = [repo / f"lcode_{s}" / "config.pbtxt" for s in ("encoder", "fusion", "decoder")]
-    if not (repo / "lcode" / "config.pbtxt").is_file() or not all(c.is_file() for c in configs):
+    """Every stage of the default family runs on the langcolor backend (the bundled Triton has no
+    onnxruntime one)."""
+    family = DEFAULT_FAMILY
+    configs = [repo / f"{family}_{s}" / "config.pbtxt" for s in ("encoder", "fusion", "decoder")]
+    if not (repo / family / "config.pbtxt").is_file() or not all(c.is_file() for c in configs):
         return False
-    return all('backend: "python"' in c.read_text() for c in configs)
+    return all(f'backend: "{BACKEND}"' in c.read_text() for c in configs)
 
 
 @pytest.fixture(scope="session")
 def served_repository(tmp_path_factory) -> ServedRepository:
     if _is_python_backend_export(SHIPPED_REPOSITORY):
-        manifest = json.loads((SHIPPED_REPOSITORY / "lcode" / "1" / "langcolor.json").read_text())
+        manifest = json.loads((SHIPPED_REPOSITORY / DEFAULT_FAMILY / "1" / "langcolor.json").read_text())
         trained = "random" not in str(manifest.get("extra", {}).get("weights", ""))
         return ServedRepository(SHIPPED_REPOSITORY, trained)
     if SHIPPED_REPOSITORY.exists():

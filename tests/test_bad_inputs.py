@@ -57,11 +57,12 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def ctx(served_repository) -> Context:
-    manifest = json.loads((served_repository.path / "lcode" / "1" / "langcolor.json").read_text())
-    g = manifest["geometry"]
+    from langcolor.client.spec import ModelManifest
+
+    g = ModelManifest.load(served_repository.path / "lcode" / "1" / "langcolor.json").geometry
     config = (served_repository.path / "lcode" / "config.pbtxt").read_text()
     max_batch = int(re.search(r"max_batch_size:\s*(\d+)", config).group(1))
-    return Context(g["image_size"], g["max_tokens"], g["vocab_size"], max_batch)
+    return Context(g.image_size, g.max_tokens, g.vocab_size, max_batch)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_python_api(pair, ctx, colorizer, tmp_path):
             assert outcome.rgb.shape == (*pixels.shape[:2], 3)
         elif case.kind == "tensor":
             L, tokens = case.make(ctx)
-            ab = colorizer.infer_ab(L, tokens)
+            ab = colorizer.infer({"L": L, "TOKENS": tokens})["AB"]
             assert ab.shape == (L.shape[0], 2, ctx.image_size, ctx.image_size) and np.isfinite(ab).all()
         elif case.kind == "output":
             result = colorizer.colorize(photo_png(), ctx.good_caption)

@@ -25,15 +25,25 @@ from PIL import Image, ImageCms
 from skimage import data as skdata
 from skimage.transform import resize
 
+from langcolor.client import families
 from langcolor.client.batch_sources import plan_batch, read_manifest
-from langcolor.client.batch_state import (
-    TMP_MARK,
-    JobKey,
-    RecordLog,
-    remove_stale_temporaries,
-    write_atomic,
-)
+from langcolor.client.batch_state import JobKey, RecordLog, condition_key, remove_stale_temporaries
 from langcolor.client.errors import LangcolorError
+from langcolor.client.outputs import TMP_MARK, write_atomic
+
+FIELDS = families.get("lcode").inputs  # caption
+
+
+def _plan(*args, caption=None, **kw):
+    return plan_batch(*args, defaults={"caption": caption} if caption else None, fields=FIELDS, **kw)
+
+
+def _caption(item) -> str | None:
+    return None if item.inputs is None else item.inputs.get("caption")
+
+
+def _key(caption: str, weights: str = "w" * 64) -> JobKey:
+    return JobKey("lcode", weights, condition_key({"caption": caption}), "PNG")
 
 # --------------------------------------------------------------------------- test photographs
 
@@ -133,13 +143,13 @@ def test_plan_walks_recursively_and_keeps_relative_paths(tmp_path):
     (src / ".hidden").mkdir()
     Image.new("L", (4, 4)).save(src / ".hidden/x.png")  # hidden folders are not walked
     (src / "readme.txt").write_text("not an image extension")
-    plan = plan_batch(src, tmp_path / "out", default_caption="a photo", fmt="png")
+    plan = _plan(src, tmp_path / "out", caption="a photo", fmt="png")
     rels = {item.rel for item in plan.items}
     assert rels == set(GOOD) | set(BAD)
     by_rel = {item.rel: item for item in plan.items}
     assert by_rel["cats/deep/chelsea_tall.jpg"].out_rel == "cats/deep/chelsea_tall.png"
-    assert all(item.caption == "a photo" for item in plan.items)
-    same = {i.rel: (i.out_rel, i.out_format) for i in plan_batch(src, tmp_path / "o2", fmt="same").items}
+    assert all(_caption(item) == "a photo" for item in plan.items)
+    same = {i.rel: (i.out_rel, i.out_format) for i in _plan(src, tmp_path / "o2", fmt="same").items}
     assert same["coffee.jpg"] == ("coffee.jpg", "JPEG") and same["icc.tif"] == ("icc.tif", "TIFF")
 
 
@@ -149,7 +159,7 @@ def test_output_overlapping_the_source_is_refused(tmp_path, where):
     (src / "a").mkdir(parents=True)
     out = {"inside": src / "a" / "colour", "same": src, "parent": tmp_path}[where]
     with pytest.raises(LangcolorError, match="overlap"):
-        plan_batch(src, out, default_caption="x")
+        _plan(src, out, caption="x")
 
 
 @pytest.mark.parametrize(
@@ -165,7 +175,7 @@ def test_manifest_path_leaving_the_tree_is_refused(tmp_path, bad_path):
     lines = [{"path": "ok.png", "caption": "a cat"}, {"path": bad_path, "caption": "a dog"}]
     manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
     with pytest.raises(LangcolorError, match="list.jsonl:2") as err:
-        plan_batch(manifest, tmp_path / "out")
+        _plan(manifest, tmp_path / "out")
     assert bad_path in str(err.value)
 
 
@@ -177,9 +187,9 @@ def test_symlink_out_of_the_tree_is_refused(tmp_path):
     manifest = src / "list.csv"
     manifest.write_text("path,caption\nlink.png,a cat\n")
     with pytest.raises(LangcolorError, match="leaves the source tree"):
-        plan_batch(manifest, tmp_path / "out")
+        _plan(manifest, tmp_path / "out")
     # Walking the folder ignores it instead of following it out.
-    assert plan_batch(src, tmp_path / "out", default_caption="x").items == ()
+    assert _plan(src, tmp_path / "out", caption="x").items == ()
 
 
 def test_output_collisions_are_refused(tmp_path):
@@ -188,12 +198,12 @@ def test_output_collisions_are_refused(tmp_path):
     Image.new("L", (4, 4)).save(src / "scan.png")
     Image.new("L", (4, 4)).save(src / "scan.jpg")
     with pytest.raises(LangcolorError, match="collision.*scan.png"):
-        plan_batch(src, tmp_path / "out", default_caption="x", fmt="png")
-    assert len(plan_batch(src, tmp_path / "out", default_caption="x", fmt="same").items) == 2
+        _plan(src, tmp_path / "out", caption="x", fmt="png")
+    assert len(_plan(src, tmp_path / "out", caption="x", fmt="same").items) == 2
     manifest = src / "list.csv"
     manifest.write_text("path,caption\nscan.png,a cat\n./scan.png,a dog\n")
     with pytest.raises(LangcolorError, match="listed twice"):
-        plan_batch(manifest, tmp_path / "out")
+        _plan(manifest, tmp_path / "out")
 
 
 def test_manifests_csv_and_jsonl(tmp_path):
@@ -203,45 +213,46 @@ def test_manifests_csv_and_jsonl(tmp_path):
         Image.new("L", (4, 4)).save(src / name)
     csv_path = tmp_path / "captions.csv"
     csv_path.write_text('\ufeffpath,caption\na.png,"red roof, green door"\nsub/c.png,   \nmissing.png,a dog\n')
-    entries = read_manifest(csv_path)
-    assert [(e.line, e.path, e.caption) for e in entries] == [
+    entries = read_manifest(csv_path, FIELDS)
+    assert [(e.line, e.path, e.values.get("caption")) for e in entries] == [
         (2, "a.png", "red roof, green door"), (3, "sub/c.png", None), (4, "missing.png", "a dog")
     ]
-    plan = plan_batch(src, tmp_path / "out", captions=csv_path, default_caption=None)
-    captions = {i.rel: i.caption for i in plan.items}
+    plan = _plan(src, tmp_path / "out", manifest=csv_path)
+    captions = {i.rel: _caption(i) for i in plan.items}
     # b.png and d.png are walked but have no caption; sub/c.png has a blank one: all skipped (None).
     assert captions == {"a.png": "red roof, green door", "b.png": None, "sub/c.png": None, "d.png": None}
     assert plan.missing == (("missing.png", "listed in the manifest but not found"),)
 
     jsonl = src / "list.jsonl"
     jsonl.write_text('{"path": "b.png", "caption": "blue sky"}\n\n{"path": "sub/c.png"}\n')
-    plan = plan_batch(jsonl, tmp_path / "out", default_caption="an old photo")
-    assert {i.rel: i.caption for i in plan.items} == {"b.png": "blue sky", "sub/c.png": "an old photo"}
+    plan = _plan(jsonl, tmp_path / "out", caption="an old photo")
+    assert {i.rel: _caption(i) for i in plan.items} == {"b.png": "blue sky", "sub/c.png": "an old photo"}
 
     for text, problem in [
         ("name,caption\na.png,x\n", "header"),
+        ("path,reference\na.png,x.png\n", r"unknown column\(s\) \['reference'\]"),
         ('{"path": 3}\n', "string 'path'"),
         ("{not json\n", "not valid JSON"),
     ]:
-        bad = tmp_path / ("bad.csv" if text.startswith("name") else "bad.jsonl")
+        bad = tmp_path / ("bad.csv" if text.startswith(("name", "path")) else "bad.jsonl")
         bad.write_text(text)
         with pytest.raises(LangcolorError, match=problem):
-            read_manifest(bad)
+            read_manifest(bad, FIELDS)
     invalid = tmp_path / "bad2.csv"
     invalid.write_bytes(b"path,caption\na.png,caf\xe9\n")
     with pytest.raises(LangcolorError, match="bad2.csv:2: manifest is not valid UTF-8"):
-        read_manifest(invalid)
+        read_manifest(invalid, FIELDS)
 
 
 # --------------------------------------------------------------------------- records and atomic writes
 
 
 def test_records_survive_a_cut_line_and_check_key_hash_and_size(tmp_path):
-    key = JobKey("lcode", "w" * 64, "a red car", "PNG")
+    key = _key("a red car")
     with RecordLog(tmp_path) as log:
         write_atomic(tmp_path / "a.png", b"12345")
         log.add("a.png", "a.png", "s" * 64, key, 5)
-        write_atomic(tmp_path / "sub/b.png", b"123")
+        write_atomic(tmp_path / "sub/b.png", b"123", make_parents=True)
         log.add("sub/b.png", "sub/b.png", "t" * 64, key, 3)
         with pytest.raises(LangcolorError, match="another batch run"):
             RecordLog(tmp_path).open()  # one writer per output folder
@@ -251,8 +262,8 @@ def test_records_survive_a_cut_line_and_check_key_hash_and_size(tmp_path):
         assert len(log) == 2
         assert log.is_done("a.png", "s" * 64, key)
         assert not log.is_done("a.png", "x" * 64, key)  # input content changed
-        assert not log.is_done("a.png", "s" * 64, JobKey("lcode", "w" * 64, "a blue car", "PNG"))
-        assert not log.is_done("a.png", "s" * 64, JobKey("lcode", "v" * 64, "a red car", "PNG"))
+        assert not log.is_done("a.png", "s" * 64, _key("a blue car"))
+        assert not log.is_done("a.png", "s" * 64, _key("a red car", "v" * 64))
         (tmp_path / "sub/b.png").write_bytes(b"1")  # output truncated by someone else
         assert not log.is_done("sub/b.png", "t" * 64, key)
         assert not log.is_done("c.png", "s" * 64, key)
@@ -261,7 +272,7 @@ def test_records_survive_a_cut_line_and_check_key_hash_and_size(tmp_path):
 
 
 def test_write_atomic_leaves_no_temporary_and_stale_ones_are_removed(tmp_path):
-    write_atomic(tmp_path / "x/y.png", b"data")
+    write_atomic(tmp_path / "x/y.png", b"data", make_parents=True)
     assert (tmp_path / "x/y.png").read_bytes() == b"data"
     assert [p.name for p in (tmp_path / "x").iterdir()] == ["y.png"]
     stale = tmp_path / "x" / f".y.png{TMP_MARK}12345-abcd"
@@ -450,7 +461,7 @@ def test_changed_caption_or_model_redoes_only_what_changed(tmp_path, colorizer, 
     assert (out / "a.png").stat().st_mtime_ns == stamps["a.png"]
     assert (out / "c.png").stat().st_mtime_ns == stamps["c.png"]
     assert (out / "b.png").read_bytes() != old_b  # a different caption, different colours
-    assert {r["output"]: r["caption"] for r in _records(out)}["b.png"] == "a yellow circle"
+    assert {r["output"]: json.loads(r["condition"])["caption"] for r in _records(out)}["b.png"] == "a yellow circle"
     yellow_b = (out / "b.png").read_bytes()
 
     unknown = run(captions | {"b.jpg": "zzzq qqqz"})  # no known word: this image fails alone
@@ -521,7 +532,7 @@ def test_format_same_keeps_format_and_metadata(tmp_path, colorizer):
     shutil.rmtree(src / "broken")
     (src / "bmp").mkdir()
     Image.fromarray(_sized(skdata.chelsea(), 60, 90)).save(src / "bmp/cat.bmp")
-    summary = run_batch(BatchOptions(src, tmp_path / "out", default_caption="a red circle", format="same",
+    summary = run_batch(BatchOptions(src, tmp_path / "out", inputs={"caption": "a red circle"}, format="same",
                                      progress=False), colorizer)
     assert summary.ok and summary.done == len(GOOD) + 1
     formats = {"coffee.jpg": "JPEG", "rotated.jpg": "JPEG", "icc.tif": "TIFF", "astronaut.png": "PNG",
@@ -547,7 +558,7 @@ def test_benchmark_reports_pipeline_and_model_throughput(tmp_path, model_repo):
 
     paths = write_benchmark_photos(tmp_path / "photos", count=6)
     assert len({Image.open(p).size for p in paths}) > 1  # mixed sizes
-    result = benchmark_batch(tmp_path / "photos", tmp_path / "work", colorizer, caption="a red circle", batch_size=4)
+    result = benchmark_batch(tmp_path / "photos", tmp_path / "work", colorizer, {"caption": "a red circle"}, batch_size=4)
     assert result["images"] == 6 and result["failed"] == 0
     assert result["pipeline_images_per_s"] > 0 and result["model_images_per_s"] > 0
     assert result["pipeline_over_model"] == pytest.approx(
@@ -573,7 +584,8 @@ def _small_archive(root: Path) -> dict[str, str]:
 
 
 @pytest.mark.server
-def test_batch_through_server_gives_the_in_process_pixels(tmp_path, server_url, protocol, served_repository):
+@pytest.mark.parametrize("via", ["endpoint", "ensemble"])
+def test_batch_through_server_gives_the_in_process_pixels(tmp_path, server_url, protocol, served_repository, via):
     from langcolor.client.batch import BatchOptions, run_batch
     from langcolor.client.colorizer import Colorizer
 
@@ -582,10 +594,11 @@ def test_batch_through_server_gives_the_in_process_pixels(tmp_path, server_url, 
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     manifest = tmp_path / "captions.csv"
     _write_captions(manifest, captions | {"broken.png": "a red circle"})
-    remote = Colorizer(server=server_url, protocol=protocol, model_repository=served_repository.path)
+    remote = Colorizer(server=server_url, protocol=protocol, model_repository=served_repository.path, via=via)
     local = Colorizer(model_repository=served_repository.path)
-    common = dict(source=src, captions=manifest, batch_size=2, workers=2, progress=False)
-    served = run_batch(BatchOptions(output=tmp_path / "served", server=server_url, protocol=protocol, **common), remote)
+    common = dict(source=src, manifest=manifest, batch_size=2, workers=2, progress=False)
+    served = run_batch(BatchOptions(output=tmp_path / "served", server=server_url, protocol=protocol, via=via, **common),
+                       remote)
     inproc = run_batch(BatchOptions(output=tmp_path / "local", **common), local)
     assert (served.done, served.failed) == (len(captions), 1) and [f.input for f in served.failures] == ["broken.png"]
     assert (inproc.done, inproc.failed) == (len(captions), 1)

@@ -1,17 +1,29 @@
-"""Benchmark machinery: statistics against numpy, the FLOP counter against a hand count (and, for
-L-CoIns, against torch's FlopCounterMode), and tiny real runs of both families (random-weight
-``tiny`` networks, a real tritonserver) whose JSON carries every required key. Nothing here asserts
-a speed."""
+"""Benchmark machinery: statistics against numpy, the FLOP counter against a hand count and against
+torch's FlopCounterMode on every registered family's ``tiny`` network, inputs generated from each
+family's contract, a tiny in-process run of a throwaway family registered here (a reference photo
+instead of a caption: no family is special to the benchmarks), and tiny real runs of every registered
+family (random-weight ``tiny`` networks, a real tritonserver) whose JSON carries every required key.
+Nothing here asserts a speed."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import re
+import sys
+import types
+import warnings
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pytest
 
 from langcolor.benchmarks.stats import Budget, measure, percentile, stability, summarize
+from langcolor.client import families
+
+FAMILIES = families.names()  # every registered family, the default first
+OTHER = "another_family"  # a family name the targets know nothing about
 
 
 # --- statistics -----------------------------------------------------------------------------------
@@ -65,6 +77,8 @@ def test_measure_warms_up_and_stops_within_budget():
 
 
 def test_flop_counter_matches_hand_count():
+    """Every hooked layer type by its formula, and a product outside any layer (attention scores and
+    weighted values on activations) through FlopCounterMode."""
     torch = pytest.importorskip("torch")
     from torch import nn
 
@@ -82,81 +96,82 @@ def test_flop_counter_matches_hand_count():
             y = self.deconv(torch.relu(self.conv(x)))
             z = self.fc(y.flatten(1))  # [B, 10]
             out, _ = self.lstm(z.unsqueeze(1).repeat(1, 5, 1))  # [B, T=5, 6]
-            return out
+            att = torch.softmax(out @ out.transpose(1, 2), dim=-1)  # [B, 5, 5]: no layer carries it
+            return att @ out  # [B, 5, 6]
 
     B = 2
     conv = 2 * (B * 8 * 8 * 8) * (3 * 3 * 3)  # outputs x (C_in k k) MACs
     deconv = 2 * (B * 8 * 8 * 8) * (4 * 4 * 4)  # inputs x (C_out k k) MACs
     fc = 2 * B * (4 * 16 * 16) * 10
     lstm = 2 * B * 5 * 4 * (10 + 6) * 6  # steps x 4 gates x (in + hidden) x hidden MACs
-    assert count_flops(Net().eval(), torch.zeros(B, 3, 8, 8)) == conv + deconv + fc + lstm
+    attention = 2 * (B * 5 * 5 * 6) * 2  # scores and weighted values: B x 5 x 5 outputs of 6 MACs each
+    assert count_flops(Net().eval(), torch.zeros(B, 3, 8, 8)) == conv + deconv + fc + lstm + attention
 
 
-def test_peak_is_positive_and_plausible():
+def test_peak_is_the_best_library_and_consistent_with_its_time():
     pytest.importorskip("torch")
     from langcolor.benchmarks.flops import measure_peak
 
-    peak = measure_peak(n=256, repeats=2)
-    assert 0.1 < peak.gflops < 1e6  # GFLOP/s of some real machine
+    n = 256
+    peak = measure_peak(n=n, repeats=2)
+    assert peak.gflops == pytest.approx(2 * n**3 / peak.seconds / 1e9, rel=1e-9)  # FLOPs of one n x n product / its time
+    assert {"torch", "numpy"} <= set(peak.by_library)
+    assert max(peak.by_library.values()) == pytest.approx(peak.gflops, abs=0.006)  # by_library is rounded to 0.01
+    assert peak.threads >= 1 and peak.n == n
 
 
-def _flop_counter_mode_per_image(model, L, tokens) -> dict[str, float]:
-    """An independent count: torch's dispatcher-level FlopCounterMode (mm, bmm, addmm, convolution)."""
+def _random_network(name: str, config: str = "tiny"):
+    from langcolor.export.checkpoint import Checkpoint
+
+    return Checkpoint.random(name, config, seed=0).build_model()
+
+
+def _reference_flops_per_image(model, feeds) -> dict[str, float]:
+    """An independent count: torch's dispatcher-level FlopCounterMode alone, stage by stage, with
+    oneDNN off so that an LSTM runs as the matrix products the counter sees."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    out = {}
-    with torch.no_grad():
-        feats = model.encoder(L)
-        modulated = model.fusion(feats, tokens)
-        for stage, call in (("encoder", lambda: model.encoder(L)), ("fusion", lambda: model.fusion(feats, tokens)),
-                            ("decoder", lambda: model.decoder(modulated))):
-            with FlopCounterMode(display=False) as counter:
-                call()
-            out[stage] = counter.get_total_flops() / L.shape[0] / 1e9
+    from langcolor.client.spec import STAGES, stage_specs
+
+    specs = stage_specs(model.geometry)
+    tensors, out = dict(feeds), {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")  # said on every flags() switch
+        with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
+            for stage in STAGES:
+                args = [tensors[n] for n in specs[stage].input_names]
+                with FlopCounterMode(display=False) as counter:
+                    result = getattr(model, stage)(*args)
+                out[stage] = counter.get_total_flops() / args[0].shape[0] / 1e9
+                results = result if isinstance(result, tuple) else (result,)
+                tensors.update(zip(specs[stage].output_names, results))
     return out
 
 
-@pytest.mark.parametrize("config", ["tiny", "small"])
-def test_lcoins_flops_match_flop_counter_mode(config):
-    """Hooks (QKV/proj/MLP Linear, patch-embedding Conv2d, decoder convs) + the attention products counted
-    from P, T, G equal torch's own count per stage. Tolerance 1e-9 relative: both count every multiply-add
-    of the same matmuls and convolutions, so any difference is a missed or double-counted product."""
-    torch = pytest.importorskip("torch")
-    from langcolor.benchmarks.flops import lcoins_attention_flops, network_gflops_per_image
-    from langcolor.export.config import LCOINS_CONFIGS
-    from langcolor.export.lcoins import LCoIns
-
-    cfg = LCOINS_CONFIGS[config]
-    torch.manual_seed(0)
-    model = LCoIns(cfg, 97).eval()
-    B = 3  # per-image figures must not depend on the batch the count was made at
-    L = torch.rand(B, 1, cfg.image_size, cfg.image_size) * 100.0  # [B,1,S,S]
-    tokens = torch.randint(1, 97, (B, cfg.max_tokens))  # [B,T]
-    tokens[:, 5:] = 0  # padding: still computed by the graph, still counted
-    ours = network_gflops_per_image(model, L, tokens)
-    ref = _flop_counter_mode_per_image(model, L, tokens)
-    for stage in ("encoder", "fusion", "decoder"):
-        assert ours[stage] == pytest.approx(ref[stage], rel=1e-9), stage
-    assert ours["e2e"] == pytest.approx(sum(ref.values()), rel=1e-9)
-    # the attention term is a real part of the check: leaving it out would miss by far more than the tolerance
-    att = lcoins_attention_flops(cfg, 1)
-    assert att["encoder"] / 1e9 > 1e-3 * ref["encoder"] and att["fusion"] / 1e9 > 1e-3 * ref["fusion"]
-
-
-def test_lcode_flops_per_image_do_not_depend_on_batch():
+@pytest.mark.parametrize("name", FAMILIES)
+def test_flops_match_flop_counter_mode(name):
+    """Hooked layers by formula + every other product through FlopCounterMode equal FlopCounterMode
+    alone, per stage, to 1e-9 relative: both count every multiply-add of the same products, so any
+    difference is a wrong formula, or a product missed or counted twice. Per-image figures do not
+    depend on the batch they were counted at."""
     torch = pytest.importorskip("torch")
     from langcolor.benchmarks.flops import network_gflops_per_image
-    from langcolor.export.config import CONFIGS
-    from langcolor.export.lcode import LCoDe
+    from langcolor.client.spec import ensemble_spec
+    from langcolor.export.onnx_export import sample_input
 
-    cfg = CONFIGS["tiny"]
-    model = LCoDe(cfg, 30).eval()
-    one = network_gflops_per_image(model, torch.rand(1, 1, cfg.image_size, cfg.image_size) * 100,
-                                   torch.randint(1, 30, (1, cfg.max_tokens)))
-    four = network_gflops_per_image(model, torch.rand(4, 1, cfg.image_size, cfg.image_size) * 100,
-                                    torch.randint(1, 30, (4, cfg.max_tokens)))
-    assert one["e2e"] > 0 and one == pytest.approx(four, rel=1e-9)
+    model = _random_network(name)
+    rng = np.random.default_rng(0)
+    spec = ensemble_spec(model.geometry)
+    feeds3 = {t.name: torch.from_numpy(sample_input(t, 3, rng)) for t in spec.inputs}
+    feeds1 = {k: v[:1] for k, v in feeds3.items()}
+    ours = network_gflops_per_image(model, feeds3)
+    ref = _reference_flops_per_image(model, feeds3)
+    for stage in ("encoder", "fusion", "decoder"):
+        assert ref[stage] > 0, stage
+        assert ours[stage] == pytest.approx(ref[stage], rel=1e-9), stage
+    assert ours["e2e"] == pytest.approx(sum(ref.values()), rel=1e-9)
+    assert network_gflops_per_image(model, feeds1) == pytest.approx(ours, rel=1e-9)
 
 
 # --- targets and report ---------------------------------------------------------------------------
@@ -180,22 +195,28 @@ def test_targets_ratios():
     assert t["triton gRPC vs in-process onnxruntime"]["value"] == pytest.approx(1.2)
     assert not t["triton gRPC vs in-process onnxruntime"]["met"]
     assert t["triton throughput"]["value"] == pytest.approx(1.5) and t["triton throughput"]["met"]
-    assert all(x["binding"] and x["family"] == "lcode" for x in t.values())  # rows without a family are lcode's
+    # rows written before runs recorded their family are the default family's, and bind it
+    assert all(x["binding"] and x["family"] == families.DEFAULT_FAMILY for x in t.values())
 
 
-def test_targets_use_only_the_runs_family_and_lcoins_is_reference_only():
+def test_targets_use_only_the_runs_family_and_bind_only_the_default():
     from langcolor.benchmarks.targets import evaluate_targets, targets_note
 
-    rows = [_row("pytorch", 200.0, 5.0, family="lcode"), _row("onnxruntime", 100.0, 10.0, family="lcode"),
-            _row("pytorch", 90.0, 11.0, family="lcoins"), _row("onnxruntime", 100.0, 10.0, family="lcoins")]
-    lcode = {x["name"].split(",")[0]: x for x in evaluate_targets(rows, family="lcode")}
-    lcoins = {x["name"].split(",")[0]: x for x in evaluate_targets(rows, family="lcoins")}
-    assert lcode["onnxruntime vs pytorch eager"]["value"] == pytest.approx(2.0)
-    assert lcoins["onnxruntime vs pytorch eager"]["value"] == pytest.approx(0.9)  # not mixed with lcode's rows
-    assert not lcoins["onnxruntime vs pytorch eager"]["met"]
-    assert all(not x["binding"] and x["family"] == "lcoins" for x in lcoins.values())
-    assert lcoins["triton throughput"]["value"] is None  # no lcoins Triton rows
-    assert "lcode" in targets_note("lcoins") and "Reference only" in targets_note("lcoins")
+    default = families.DEFAULT_FAMILY
+    rows = [_row("pytorch", 200.0, 5.0, family=default), _row("onnxruntime", 100.0, 10.0, family=default),
+            _row("pytorch", 90.0, 11.0, family=OTHER), _row("onnxruntime", 100.0, 10.0, family=OTHER)]
+    mine = {x["name"].split(",")[0]: x for x in evaluate_targets(rows, family=default)}
+    other = {x["name"].split(",")[0]: x for x in evaluate_targets(rows, family=OTHER)}
+    assert mine["onnxruntime vs pytorch eager"]["value"] == pytest.approx(2.0)
+    assert all(x["binding"] for x in mine.values())
+    assert other["onnxruntime vs pytorch eager"]["value"] == pytest.approx(0.9)  # not mixed with the default's rows
+    assert not other["onnxruntime vs pytorch eager"]["met"]
+    assert all(not x["binding"] and x["family"] == OTHER for x in other.values())
+    assert other["triton throughput"]["value"] is None  # no Triton rows for it
+    assert default in targets_note(OTHER) and "Reference only" in targets_note(OTHER)
+    assert "binding" in targets_note(default) and "Reference only" not in targets_note(default)
+    for note in (targets_note(OTHER), targets_note(default)):  # things are named by what they are, not by a ticket
+        assert not re.search(r"\bissues?\b|#\d", note, re.IGNORECASE), note
 
 
 def test_bench_model_option_and_config_checked_before_measuring(tmp_path):
@@ -204,45 +225,279 @@ def test_bench_model_option_and_config_checked_before_measuring(tmp_path):
 
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
-    assert parser.parse_args([]).model == "lcode"
-    assert parser.parse_args(["--model", "lcoins"]).model == "lcoins"
+    assert parser.parse_args([]).model == families.DEFAULT_FAMILY
+    for name in FAMILIES:
+        assert parser.parse_args(["--model", name]).model == name
     with pytest.raises(SystemExit):
         parser.parse_args(["--model", "vgg"])
-    args = parser.parse_args(["--model", "lcoins", "--configs", "small,huge", "--output", str(tmp_path / "x.json")])
+    args = parser.parse_args(["--model", FAMILIES[-1], "--configs", "small,huge", "--output", str(tmp_path / "x.json")])
     with pytest.raises(LangcolorError, match="huge"):
         bench.run(args)
     assert not (tmp_path / "x.json").exists()
 
 
-def test_lcoins_small_uses_shipped_weights_and_matching_repository(tmp_path):
-    """``small`` for lcoins: the shipped checkpoint; the committed repository when its manifest holds
-    that checkpoint's hash (whatever the weights are this session), else a fresh export of them."""
+def _check_inputs_follow_the_contract(bm, batch: int) -> dict:
+    """``bm.inputs`` is the ensemble's inputs, valid for it, with the conditioner's tensors when it
+    accepted the representative user input; -> the feeds."""
+    from langcolor.client.runtime import check_inputs
+    from langcolor.client.spec import ensemble_spec
+
+    feeds = bm.inputs(batch)
+    assert list(feeds) == ensemble_spec(bm.geometry).input_names
+    check_inputs(feeds, bm.geometry)  # shapes, dtypes, finite values within every declared range
+    image = feeds[bm.geometry.image.name]
+    assert image.std() > 1.0 and np.abs(np.diff(image, axis=-1)).mean() < 0.5 * image.std()  # smooth, not flat, not noise
+    assert np.array_equal(bm.inputs(batch)[bm.geometry.image.name], image)  # the same for every path
+    if bm.user_values is not None:
+        tensors = bm.conditioner.condition(bm.user_values).tensors
+        for t in bm.geometry.condition_specs:
+            assert all(np.array_equal(row, tensors[t.name]) for row in feeds[t.name]), t.name
+    return feeds
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_small_uses_shipped_weights_and_matching_repository(tmp_path, name):
+    """``small``: the shipped checkpoint; the committed repository when it holds that checkpoint's
+    hash as a python-target export, else a fresh export of them. Its inputs follow the contract and
+    the representative user input is one the family's conditioner accepts."""
     pytest.importorskip("torch")
     from langcolor.benchmarks.models import load_model
+    from langcolor.client import names
     from langcolor.client.paths import default_model_repository
     from langcolor.client.spec import ModelManifest
     from langcolor.export.checkpoint import default_weights_path, load_checkpoint
+    from langcolor.export.triton_config import parse
 
-    path = default_weights_path("small", "lcoins")
+    path = default_weights_path(name, "small")
     if not path.is_file():
-        pytest.skip("no shipped lcoins weights")
+        pytest.skip(f"no shipped {name} weights")
     ckpt = load_checkpoint(path)
-    bm = load_model("small", tmp_path, family="lcoins")
-    assert bm.family == "lcoins" and bm.geometry.family == "lcoins"
-    assert bm.weights == f"trained {ckpt.sha256[:12]}" and type(bm.model).__name__ == "LCoIns"
-    assert bm.tokenizer.sha256 == ckpt.tokenizer.sha256
-    manifest = ModelManifest.load(bm.repository / "lcoins" / "1" / "langcolor.json")
+    bm = load_model("small", tmp_path, family=name)
+    assert bm.family == name and bm.geometry.family == name and bm.geometry == ckpt.geometry
+    assert bm.weights == f"trained {ckpt.sha256[:12]}"
+    assert type(bm.model) is type(ckpt.build_model())
+    manifest = ModelManifest.load(bm.repository / name / "1" / "langcolor.json")
     assert manifest.weights_sha256 == ckpt.sha256  # whichever repository was picked holds these weights
+    assert manifest.assets == {k: hashlib.sha256(v.encode()).hexdigest() for k, v in ckpt.assets.items()}
+    for stage in ("encoder", "fusion", "decoder"):  # ... on the stages the bundled tritonserver runs
+        assert parse((bm.repository / f"{name}_{stage}" / "config.pbtxt").read_text()).backend == names.BACKEND
     shipped = default_model_repository()
-    shipped_manifest = shipped / "lcoins" / "1" / "langcolor.json"
-    if shipped_manifest.is_file() and ModelManifest.load(shipped_manifest).weights_sha256 == ckpt.sha256:
-        assert bm.repository == shipped
-    L, tokens = bm.inputs(2)
-    assert L.shape == (2, 1, 64, 64) and tokens.shape == (2, bm.geometry.max_tokens)
-    assert (tokens > 0).any(axis=1).all()  # the caption is not all padding
+    if bm.repository != shipped:
+        assert bm.repository == tmp_path / f"repo_{name}_small"
+    assert bm.user_values is not None  # the shipped weights read the benchmark's representative input
+    _check_inputs_follow_the_contract(bm, 2)
 
 
-# --- a tiny real run --------------------------------------------------------------------------------
+def test_colorize_endpoint_families_are_read_from_its_config(tmp_path):
+    from langcolor.benchmarks.server_paths import colorize_families
+
+    assert colorize_families(tmp_path) == ()
+    (tmp_path / "colorize").mkdir()
+    config = tmp_path / "colorize" / "config.pbtxt"
+    param = 'parameters {{\n  key: "{}"\n  value: {{ string_value: "{}" }}\n}}\n'
+    config.write_text('name: "colorize"\n')
+    assert colorize_families(tmp_path) == (families.DEFAULT_FAMILY,)  # the first endpoints served the default only
+    config.write_text('name: "colorize"\n' + param.format("ensemble", "beta"))
+    assert colorize_families(tmp_path) == ("beta",)  # an endpoint without MODEL: its ensemble only
+    config.write_text('name: "colorize"\n' + param.format("ensemble", "alpha") + param.format("families", "alpha,beta"))
+    assert colorize_families(tmp_path) == ("alpha", "beta")  # default first
+    config.write_text('name: "colorize"\n' + param.format("ensemble", "beta") + param.format("families", "alpha,beta"))
+    assert colorize_families(tmp_path) == ("beta", "alpha")
+
+
+def test_perf_analyzer_input_data_carries_every_input(tmp_path):
+    from langcolor.benchmarks.perf_analyzer import write_input_data
+
+    feeds = {"L": np.array([[[[1.23456, 2.0], [3.0, 4.0]]]], np.float32),  # [1,1,2,2]
+             "IDS": np.array([[5, 7, 0]], np.int64)}  # [1,3]
+    data = json.loads(write_input_data(tmp_path / "in.json", feeds).read_text())["data"]
+    assert data == [{"L": {"content": [1.2346, 2.0, 3.0, 4.0], "shape": [1, 2, 2]},
+                     "IDS": {"content": [5, 7, 0], "shape": [3]}}]
+    with pytest.raises(AssertionError):
+        write_input_data(tmp_path / "two.json", {"L": np.zeros((2, 1, 2, 2), np.float32)})
+
+
+def test_perf_analyzer_window_rule():
+    from langcolor.benchmarks.perf_analyzer import window_stability
+
+    assert window_stability([(100.0, 5000.0), (104.0, 5100.0), (98.0, 5050.0)], 10)[0]
+    stable, why = window_stability([(100.0, 5000.0), (140.0, 5100.0), (98.0, 5050.0)], 10)
+    assert not stable and "throughput" in why
+    assert not window_stability([(100.0, 5000.0)], 10)[0]
+
+
+# --- a family the benchmarks have never heard of ----------------------------------------------------
+
+REFERENCE_FAMILY = "bench_reference_test"  # registered by the fixture below, for one test
+REF_TENSOR = "REF_L"
+WIDTH = 8
+
+
+@dataclass(frozen=True)
+class _RefConfig:
+    name: str = "tiny"
+    image_size: int = 32
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _RefTraining:
+    pass
+
+
+def _reference_geometry(cfg: _RefConfig, assets):
+    from langcolor.client.spec import BATCH, Condition, ModelGeometry, TensorSpec, ab_output, image_l
+    from langcolor.client import names
+
+    s = cfg.image_size
+    ref = TensorSpec(REF_TENSOR, "float32", (BATCH, 1, s, s), (0.0, 100.0))
+    feats = TensorSpec(names.FEATURES, "float32", (BATCH, WIDTH, s // 2, s // 2))
+    modulated = TensorSpec(names.MODULATED, "float32", (BATCH, WIDTH, s // 2, s // 2))
+    return ModelGeometry(REFERENCE_FAMILY, s, image_l(s), (Condition(ref, "fusion"),), (feats,), (modulated,),
+                         (ab_output(s),))
+
+
+class _RefConditioner:
+    """``reference`` (an image file's bytes) -> its L at the network's size."""
+
+    def __init__(self, geometry, assets):
+        self.geometry = geometry
+
+    def condition(self, values):
+        from langcolor.client import photo
+        from langcolor.client.errors import LangcolorError
+        from langcolor.client.families import Conditioned
+
+        if values.get("reference") is None:
+            raise LangcolorError("needs a reference photo")
+        return Conditioned({REF_TENSOR: photo.prepare(values["reference"], self.geometry.image_size).l_small})
+
+    def describe(self) -> dict:
+        return {}
+
+
+def _reference_network_module():
+    import torch
+    from torch import nn
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, WIDTH, 3, stride=2, padding=1)
+
+        def forward(self, L):
+            return torch.relu(self.conv(L / 50.0 - 1.0))  # [B,W,S/2,S/2]
+
+    class Fusion(nn.Module):
+        """Every image position attends to every reference position: a product no layer carries."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, WIDTH, 3, stride=2, padding=1)
+
+        def forward(self, features, ref_l):
+            ref = self.conv(ref_l / 50.0 - 1.0).flatten(2).transpose(1, 2)  # [B,P,W]
+            q = features.flatten(2).transpose(1, 2)  # [B,P,W]
+            att = torch.softmax(q @ ref.transpose(1, 2), dim=-1)  # [B,P,P]
+            return features + (att @ ref).transpose(1, 2).reshape(features.shape)  # [B,W,S/2,S/2]
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = nn.ConvTranspose2d(WIDTH, 2, 4, stride=2, padding=1)
+
+        def forward(self, modulated):
+            return torch.tanh(self.up(modulated)) * 110.0  # [B,2,S,S]
+
+    class Net(nn.Module):
+        def __init__(self, cfg, geometry):
+            super().__init__()
+            self.cfg, self.geometry = cfg, geometry
+            self.encoder, self.fusion, self.decoder = Encoder(), Fusion(), Decoder()
+
+    module = types.ModuleType(f"{REFERENCE_FAMILY}.network")
+    module.build = lambda cfg, geometry: Net(cfg, geometry).eval()
+    return module
+
+
+@pytest.fixture
+def reference_family():
+    """A throwaway family registered for one test: the photo and a reference photo in, no caption."""
+    pytest.importorskip("torch")
+    package = types.ModuleType(REFERENCE_FAMILY)
+    package.__path__ = []
+    training = types.ModuleType(f"{REFERENCE_FAMILY}.training")
+    training.make_assets = lambda cfg, options: {}
+    modules = {REFERENCE_FAMILY: package, f"{REFERENCE_FAMILY}.network": _reference_network_module(),
+               f"{REFERENCE_FAMILY}.training": training}
+    sys.modules.update(modules)
+    record = families.Family(
+        name=REFERENCE_FAMILY, title="a test family", summary="colours a photo like a reference photo",
+        inputs=(families.InputField("reference", families.IMAGE, "a colour photo to take the colours from"),),
+        configs={"tiny": _RefConfig()}, config_from_dict=lambda raw: _RefConfig(**raw),
+        geometry=_reference_geometry, conditioner=_RefConditioner, training_options=_RefTraining,
+        package=REFERENCE_FAMILY,
+    )
+    families.register(record)
+    try:
+        yield record
+    finally:
+        families.unregister(REFERENCE_FAMILY)
+        for name in modules:
+            sys.modules.pop(name, None)
+
+
+def test_in_process_bench_of_a_family_with_a_reference_photo(tmp_path, reference_family):
+    """Registered here, unknown to every benchmark module: a run measures it by its declared
+    contract. Its condition is a reference photo through its conditioner, there are no tokens
+    anywhere, every stage is timed on its own inputs, and its attention (a product outside any layer)
+    is in the FLOP count."""
+    torch = pytest.importorskip("torch")
+    from langcolor.benchmarks.models import export_random
+    from langcolor.benchmarks.runner import BenchOptions, run_bench
+
+    out = tmp_path / "run.json"
+    options = BenchOptions.make(True, family=REFERENCE_FAMILY, configs=("tiny",),
+                                paths=("pytorch", "onnxruntime", "prepost"), batches=(1, 2), tune=False,
+                                photo_sizes=("0.3MP",), workdir=tmp_path / "work")
+    doc = run_bench(options, out)
+    assert json.loads(out.read_text())["results"] == doc["results"]
+    info = doc["models"]["tiny"]
+    assert info["family"] == REFERENCE_FAMILY and info["conditions"] == {REF_TENSOR: [1, 32, 32]}
+    assert list(info["inputs"]) == ["reference"] and info["inputs"]["reference"].startswith("<image")
+    assert "max_tokens" not in info and "caption" not in info
+    assert "Reference only" in doc["targets_note"] and all(not t["binding"] for t in doc["targets"])
+
+    # the inputs: the photo-like L and the reference photo's L, from the family's own conditioner
+    bm = export_random("tiny", tmp_path / "work" / f"repo_{REFERENCE_FAMILY}_tiny", family=REFERENCE_FAMILY)
+    feeds = _check_inputs_follow_the_contract(bm, 2)
+    assert set(feeds) == {"L", REF_TENSOR} and bm.user_values is not None
+
+    # FLOPs per image: two 3x3 convolutions to W x 16 x 16, attention over 256 x 256 positions, the
+    # 4x4 transposed convolution to 2 x 32 x 32; and the same as FlopCounterMode's own count
+    P = 16 * 16
+    conv = 2 * (WIDTH * P) * (1 * 3 * 3)
+    attention = 2 * (P * P * WIDTH) * 2  # scores and weighted values
+    deconv = 2 * (WIDTH * P) * (2 * 4 * 4)
+    flops = doc["flops"]["tiny"]
+    assert flops["encoder"] * 1e9 == pytest.approx(conv, rel=1e-5)
+    assert flops["fusion"] * 1e9 == pytest.approx(conv + attention, rel=1e-5)
+    assert flops["decoder"] * 1e9 == pytest.approx(deconv, rel=1e-5)
+    ref = _reference_flops_per_image(bm.model, {k: torch.from_numpy(v) for k, v in bm.inputs(1).items()})
+    assert flops["e2e"] == pytest.approx(sum(ref.values()), rel=1e-5)
+
+    rows = doc["results"]
+    assert all(r["family"] == REFERENCE_FAMILY for r in rows)
+    seen = {(r["path"], r["stage"], r["batch"]) for r in rows}
+    for path in ("pytorch", "onnxruntime"):
+        assert {(path, s, 1) for s in ("encoder", "fusion", "decoder", "e2e")} | {(path, "e2e", 2)} <= seen, path
+    steps = {r["stage"] for r in rows if r["path"] == "client-prepost"}
+    assert steps == {"decode", "prepare", "condition", "reconstruct", "encode_png", "encode_jpeg"}
+
+
+# --- tiny real runs ---------------------------------------------------------------------------------
 
 
 def _check_rows(rows: list[dict]) -> set[tuple]:
@@ -265,93 +520,58 @@ def _check_rows(rows: list[dict]) -> set[tuple]:
 
 
 @pytest.mark.server
-def test_tiny_bench_run_writes_complete_json(tmp_path):
-    pytest.importorskip("torch")
-    pytest.importorskip("pytriton")
-    from langcolor.benchmarks import bench
-    from langcolor.benchmarks.report import readme_tables
-
-    out = tmp_path / "run.json"
-    args = argparse.Namespace(
-        quick=True, output=out, configs=("tiny",), paths=("pytorch", "onnxruntime", "triton-grpc"),
-        batches=(1, 2), concurrency=(1, 2), tune=False, no_plots=False, workdir=tmp_path / "work",
-    )
-    assert bench.run(args) == 0
-    doc = json.loads(out.read_text())
-    assert doc["machine"]["cpu_model"] and doc["versions"]["onnxruntime"] and doc["git_revision"]
-    assert doc["peak"]["gflops"] > 0 and doc["flops"]["tiny"]["e2e"] > 0
-    _check_rows(doc["results"])
-    assert len(doc["targets"]) == 3  # computed (not measured: the targets are for `full`)
-    for suffix in ("-latency-vs-batch.png", "-throughput-vs-concurrency.png", "-stages.png"):
-        png = tmp_path / f"run{suffix}"
-        assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
-    assert "| triton-grpc | tiny |" in readme_tables(doc)
-
-
-@pytest.mark.server
-def test_tiny_lcoins_bench_run(tmp_path):
-    """``--model lcoins`` end to end on the random-weight tiny L-CoIns: its own repository holds only
-    the lcoins ensemble (so every Triton row went through ``lcoins`` and ``lcoins_<stage>``), FLOPs equal
-    torch's count, every row says its family, and the targets say they are lcode's."""
+@pytest.mark.parametrize("name", FAMILIES)
+def test_tiny_bench_run(tmp_path, name):
+    """``--model <family>`` end to end on the family's random-weight tiny network: its own repository
+    holds only that family (so every Triton row went through ``<family>`` and ``<family>_<stage>``,
+    and its colorize endpoint colours that family), FLOPs equal torch's count, every row says its
+    family, the JSON carries every required key, and the targets bind only the default family."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("pytriton")
     from langcolor.benchmarks import bench
     from langcolor.benchmarks.models import export_random
     from langcolor.benchmarks.report import readme_tables
-    from langcolor.export.config import LCOINS_CONFIGS
+    from langcolor.client.spec import ModelManifest
 
     out = tmp_path / "run.json"
     work = tmp_path / "work"
     args = argparse.Namespace(
-        model="lcoins", quick=True, output=out, configs=("tiny",), paths=("pytorch", "onnxruntime", "triton-grpc", "colorize"),
-        batches=(1, 2), concurrency=(1, 2), tune=False, no_plots=True, workdir=work,
+        model=name, quick=True, output=out, configs=("tiny",), paths=("pytorch", "onnxruntime", "triton-grpc", "colorize"),
+        batches=(1, 2), concurrency=(1, 2), tune=False, no_plots=False, workdir=work,
     )
     assert bench.run(args) == 0
     doc = json.loads(out.read_text())
-    cfg = LCOINS_CONFIGS["tiny"]
-    assert doc["family"] == "lcoins" and "Reference only" in doc["targets_note"]
+    default = name == families.DEFAULT_FAMILY
+    assert doc["machine"]["cpu_model"] and doc["versions"]["onnxruntime"] and doc["git_revision"]
+    assert doc["peak"]["gflops"] > 0
+    assert doc["family"] == name and ("Reference only" in doc["targets_note"]) != default
+    repo = work / f"repo_{name}_tiny"
+    geometry = ModelManifest.load(repo / name / "1" / "langcolor.json").geometry
     model_info = doc["models"]["tiny"]
-    assert model_info["family"] == "lcoins" and model_info["weights"] == "random, seed 0"
-    assert model_info["feature_shape"] == [cfg.patches, cfg.dim] and model_info["max_tokens"] == cfg.max_tokens
-    repo = work / "repo_lcoins_tiny"
-    assert model_info["repository"] == str(repo)
+    assert model_info["family"] == name and model_info["weights"] == "random, seed 0"
+    assert model_info["repository"] == str(repo) and model_info["image_size"] == geometry.image_size
+    assert model_info["feature_shape"] == list(geometry.feature_shape)
+    assert model_info["conditions"] == {t.name: list(t.dims) for t in geometry.condition_specs}
     served = sorted(p.name for p in repo.iterdir())
-    assert served == ["colorize", "lcoins", "lcoins_decoder", "lcoins_encoder", "lcoins_fusion"], served
+    assert served == sorted(["colorize", name, f"{name}_encoder", f"{name}_fusion", f"{name}_decoder"]), served
 
-    # the JSON's FLOPs are the independent count on the very network measured (same seed, kept tokenizer)
-    bm = export_random("tiny", repo, family="lcoins")
-    L, tokens = bm.inputs(1)
-    ref = _flop_counter_mode_per_image(bm.model, torch.from_numpy(L), torch.from_numpy(tokens))
+    # the JSON's FLOPs are the independent count on the very network measured (same seed, kept assets)
+    bm = export_random("tiny", repo, family=name)
+    ref = _reference_flops_per_image(bm.model, {k: torch.from_numpy(v) for k, v in bm.inputs(1).items()})
     for stage in ("encoder", "fusion", "decoder"):
         assert doc["flops"]["tiny"][stage] == pytest.approx(ref[stage], rel=1e-5)  # JSON keeps 6 significant digits
 
     rows = doc["results"]
-    assert all(r["family"] == "lcoins" and r["config"] == "tiny" for r in rows)
+    assert all(r["family"] == name and r["config"] == "tiny" for r in rows)
     seen = _check_rows(rows)
-    assert ("colorize", "e2e", 1, 1) in seen and ("client+ensemble", "e2e", 1, 1) in seen  # this repo's colorize calls lcoins
+    assert ("colorize", "e2e", 1, 1) in seen and ("client+ensemble", "e2e", 1, 1) in seen  # this repo's colorize serves it
     e2e = [r for r in rows if r["path"] == "onnxruntime" and r["stage"] == "e2e" and r["batch"] == 1][0]
     assert e2e["gflops_per_image"] == pytest.approx(doc["flops"]["tiny"]["e2e"], rel=1e-5)
-    assert len(doc["targets"]) == 3 and all(t["family"] == "lcoins" and not t["binding"] for t in doc["targets"])
-    assert "Model family `lcoins`" in readme_tables(doc) and "reference only" in readme_tables(doc)
-
-
-def test_colorize_endpoint_families_are_read_from_its_config(tmp_path):
-    from langcolor.benchmarks.server_paths import colorize_families
-
-    assert colorize_families(tmp_path) == ()
-    (tmp_path / "colorize").mkdir()
-    config = tmp_path / "colorize" / "config.pbtxt"
-    param = 'parameters {{\n  key: "{}"\n  value: {{ string_value: "{}" }}\n}}\n'
-    config.write_text('name: "colorize"\n' + param.format("ensemble", "lcoins"))
-    assert colorize_families(tmp_path) == ("lcoins",)  # an endpoint without MODEL: its ensemble only
-    config.write_text('name: "colorize"\n' + param.format("ensemble", "lcode") + param.format("families", "lcode,lcoins"))
-    assert colorize_families(tmp_path) == ("lcode", "lcoins")  # default first
-
-
-def test_perf_analyzer_window_rule():
-    from langcolor.benchmarks.perf_analyzer import window_stability
-
-    assert window_stability([(100.0, 5000.0), (104.0, 5100.0), (98.0, 5050.0)], 10)[0]
-    stable, why = window_stability([(100.0, 5000.0), (140.0, 5100.0), (98.0, 5050.0)], 10)
-    assert not stable and "throughput" in why
-    assert not window_stability([(100.0, 5000.0)], 10)[0]
+    assert len(doc["targets"]) == 3  # computed, not measured: the targets are for `full`
+    assert all(t["family"] == name and t["binding"] == default and t["value"] is None for t in doc["targets"])
+    for suffix in ("-latency-vs-batch.png", "-throughput-vs-concurrency.png", "-stages.png"):
+        png = tmp_path / f"run{suffix}"
+        assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+    tables = readme_tables(doc)
+    assert f"Model family `{name}`" in tables and "| triton-grpc | tiny |" in tables
+    assert ("reference only" in tables) != default

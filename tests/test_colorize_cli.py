@@ -78,7 +78,8 @@ def test_png_compression_and_jpeg_quality_flags(env, capsys, tmp_path):
 
 
 def test_weights_hash_and_output_errors_are_public(env, tmp_path):
-    from langcolor.client.colorizer import Colorizer, check_output_path
+    from langcolor.client.colorizer import Colorizer
+    from langcolor.client.outputs import check_output_path
     from langcolor.client.errors import LangcolorError, OutputError
 
     repo, _ = env
@@ -215,7 +216,7 @@ def _follow(col, pairs: list[tuple[str, str]]) -> tuple[dict, int]:
         ab = ab_small[:, mask].mean(axis=1)  # mean predicted colour inside the object
         return names[int(np.argmin(np.linalg.norm(centres - ab, axis=1)))]
 
-    results = col.colorize_many([(photo, f"a {c1} circle and a {c2} square") for c1, c2 in pairs])
+    results = col.colorize_many([(photo, {"caption": f"a {c1} circle and a {c2} square"}) for c1, c2 in pairs])
     got = {
         pair: (nearest(r.ab_small, small["circle"]), nearest(r.ab_small, small["square"]))
         for pair, r in zip(pairs, results)

@@ -12,7 +12,7 @@ from langcolor.client.errors import LangcolorError
 from langcolor.client.lab import rgb_to_lab
 from langcolor.client.tokenizer import CaptionTokenizer
 from langcolor.export import synthetic
-from langcolor.export.coco import CocoCaptions, load_records
+from langcolor.export.families.lcode.coco import CocoCaptions, load_records
 
 S, T = 64, 16
 

@@ -12,9 +12,9 @@ from torch import nn
 
 from langcolor.client.errors import ExportParityError
 from langcolor.client.spec import BATCH, STAGES, stage_specs
-from langcolor.export.config import CONFIGS
-from langcolor.export.lcode import LCoDe
-from langcolor.export.onnx_export import caption_tokens, export_stages, read_signature, signature_problems
+from langcolor.export.families.lcode.config import CONFIGS
+from langcolor.export.families.lcode.network import LCoDe
+from langcolor.export.onnx_export import export_stages, read_signature, signature_problems, token_ids
 from langcolor.export.parity import BATCH_SIZES, PIPELINE, validate_export
 
 VOCAB = 23
@@ -28,7 +28,7 @@ def exported(tmp_path_factory):
     specs = stage_specs(geom)
     modules = {s: getattr(model, s) for s in STAGES}
     out = tmp_path_factory.mktemp("onnx")
-    paths = export_stages(modules, specs, geom, {s: out / f"{s}.onnx" for s in STAGES})
+    paths = export_stages(modules, specs, {s: out / f"{s}.onnx" for s in STAGES})
     return model, geom, specs, modules, paths
 
 
@@ -107,7 +107,7 @@ class _TraceSpecialised(nn.Module):
 def test_parity_catches_behaviour_frozen_at_the_trace_batch(exported, tmp_path):
     model, geom, specs, modules, _ = exported
     modules = {**modules, "decoder": _TraceSpecialised(model.decoder).eval()}
-    paths = export_stages(modules, specs, geom, {s: tmp_path / f"{s}.onnx" for s in STAGES})
+    paths = export_stages(modules, specs, {s: tmp_path / f"{s}.onnx" for s in STAGES})
     with pytest.raises(ExportParityError, match="decoder.AB"):
         validate_export(modules, specs, paths, geom)
 
@@ -118,8 +118,8 @@ def test_padding_does_not_change_the_exported_fusion_for_the_same_words(exported
     rng = np.random.default_rng(1)
     sess = ort.InferenceSession(str(paths["fusion"]), providers=["CPUExecutionProvider"])
     feats = np.abs(rng.standard_normal((1, *geom.feature_shape))).astype(np.float32)
-    short = caption_tokens([3], geom, rng)  # (1, T)
-    batch_tokens = np.concatenate([short, caption_tokens([geom.max_tokens], geom, rng)])  # (2, T)
+    short = token_ids([3], geom.tokens, rng)  # (1, T)
+    batch_tokens = np.concatenate([short, token_ids([geom.max_tokens], geom.tokens, rng)])  # (2, T)
     alone = sess.run(None, {"FEATURES": feats, "TOKENS": short})[0]
     together = sess.run(None, {"FEATURES": np.repeat(feats, 2, 0), "TOKENS": batch_tokens})[0]
     np.testing.assert_allclose(together[:1], alone, atol=1e-5)

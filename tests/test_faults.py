@@ -34,7 +34,7 @@ from skimage import data as skdata
 from langcolor.client.errors import LangcolorError, TokenizerMismatchError
 from langcolor.client.remote import ModelMismatchError, RemoteStages
 from langcolor.client.runtime import ModelBundle
-from langcolor.client.spec import MANIFEST_FILE, TOKENIZER_FILE, ModelManifest
+from langcolor.client.spec import MANIFEST_FILE, TOKENIZER_FILE, ModelManifest, caption_geometry
 from langcolor.client.tokenizer import CaptionTokenizer
 from langcolor.server.launcher import TritonServer, free_port, free_ports
 
@@ -88,9 +88,11 @@ def _client_repository(served: Path, tmp: Path, *, tokenizer: bool = False, imag
         words = sorted(w for w in tok.vocabulary if not w.startswith("["))[:-1] + ["zebra"]
         new = CaptionTokenizer.train([" ".join(words)], tok.max_tokens)
         new.save(version / TOKENIZER_FILE)
-        manifest = dataclasses.replace(manifest, tokenizer_sha256=new.sha256)
+        manifest = dataclasses.replace(manifest, assets={TOKENIZER_FILE: new.sha256})
     if image_size is not None:
-        manifest = dataclasses.replace(manifest, geometry=dataclasses.replace(manifest.geometry, image_size=image_size))
+        g = manifest.geometry
+        smaller = caption_geometry(g.family, image_size, g.max_tokens, g.vocab_size, g.feature_shape)
+        manifest = dataclasses.replace(manifest, geometry=smaller)
     (version / MANIFEST_FILE).write_text(manifest.to_json())
     ModelBundle.load(repo, stages=False)  # the client copy itself is consistent
     return repo
@@ -120,25 +122,26 @@ def test_mismatch_is_refused_before_any_pixel_is_sent(mismatch, served_repositor
     # RemoteStages, given what the client holds.
     bundle = ModelBundle.load(repo, stages=False)
     with pytest.raises(error, match=words):
-        RemoteStages(server_url, protocol, tokenizer_sha256=bundle.tokenizer.sha256, geometry=bundle.geometry)
+        RemoteStages(server_url, protocol, assets=bundle.manifest.assets, geometry=bundle.geometry)
 
     # The Python API: refused at construction or, at the latest, before the request leaves.
     from langcolor.client.colorizer import Colorizer
 
     with pytest.raises(LangcolorError) as info:
-        Colorizer(server=server_url, protocol=protocol, model_repository=repo).colorize(_photo(tmp_path / "p.png"), CAPTION)
+        Colorizer(server=server_url, protocol=protocol, model_repository=repo, via="ensemble").colorize(
+            _photo(tmp_path / "p.png"), CAPTION)
     assert re.search(r"tokenizer|shape|image size|mismatch", str(info.value)), info.value
 
     # Both commands: one line, exit 2, nothing written.
     out = tmp_path / "out.png"
     proc = _cli("colorize", tmp_path / "p.png", "-c", CAPTION, "-o", out, "--server", server_url,
-                "--protocol", protocol, "--model-repository", repo)
+                "--protocol", protocol, "--model-repository", repo, "--via", "ensemble")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and not out.exists(), proc.stderr
     archive = tmp_path / "archive"
     archive.mkdir()
     _photo(archive / "a.png")
     proc = _cli("batch", archive, "--output", tmp_path / "colour", "--default-caption", CAPTION, "--server",
-                server_url, "--protocol", protocol, "--model-repository", repo, "--no-progress")
+                server_url, "--protocol", protocol, "--model-repository", repo, "--no-progress", "--via", "ensemble")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert not list((tmp_path / "colour").rglob("*.png"))
     if mismatch == "tokenizer":  # refused on connecting: not even the output folder is made

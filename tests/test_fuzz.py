@@ -5,7 +5,7 @@
 - caption tokenization (``CaptionTokenizer.encode``): random text, control characters, invalid
   UTF-8 bytes, huge captions;
 - the ``colorize`` endpoint's request parser (``parse_request`` in
-  ``export/triton_models/colorize_model.py``, the function the served model calls): random tensor
+  ``server_config/colorize_model.py``, the function the served model calls): random tensor
   shapes, dtypes, element types, counts, images, captions and optional ``MODEL`` names.
 
 Property: every input ends in a valid result or a ``LangcolorError`` (never another exception),
@@ -31,7 +31,11 @@ from langcolor.client.errors import CaptionError, ImageError, LangcolorError
 from langcolor.client.imageio import load_image
 from langcolor.client.paths import default_model_repository
 from langcolor.client.tokenizer import CaptionTokenizer
-from langcolor.export.triton_models.colorize_model import MAX_ERROR_CHARS, Family, parse_request
+from langcolor.client.caption import CaptionConditioner
+from langcolor.client.errors import MAX_MESSAGE_CHARS as MAX_ERROR_CHARS
+from langcolor.client.families import get as get_family
+from langcolor.client.spec import caption_geometry
+from langcolor.server.colorize_model import Served, parse_request
 
 _ENV = os.environ.get("LANGCOLOR_FUZZ_EXAMPLES")
 MAX_PIXELS = 1_000_000  # a mutated header may declare any size: the cap is part of what is fuzzed
@@ -219,11 +223,17 @@ good_caption = st.lists(st.sampled_from(_known_words()), min_size=1, max_size=8)
 DEFAULT_SIZE, OTHER_SIZE = 64, 48
 
 
+def _served(name: str, tokenizer: CaptionTokenizer, size: int) -> Served:
+    geometry = caption_geometry(name, size, tokenizer.max_tokens, tokenizer.vocab_size, (4, 2, 2))
+    fields = {f.tensor_name: f for f in get_family(name).inputs}
+    return Served(name, geometry, CaptionConditioner(geometry, tokenizer), fields)
+
+
 @pytest.fixture(scope="module")
-def families(tokenizer) -> dict[str, Family]:
+def families(tokenizer) -> dict[str, Served]:
     other = default_model_repository() / "lcoins" / "1" / "tokenizer.json"
     other_tokenizer = CaptionTokenizer.from_file(other) if other.is_file() else tokenizer
-    return {"lcode": Family("lcode", tokenizer, DEFAULT_SIZE), "lcoins": Family("lcoins", other_tokenizer, OTHER_SIZE)}
+    return {"lcode": _served("lcode", tokenizer, DEFAULT_SIZE), "lcoins": _served("lcoins", other_tokenizer, OTHER_SIZE)}
 
 
 model_name = st.one_of(
@@ -258,8 +268,8 @@ def test_colorize_request_parser_ends_in_items_or_langcolor_error(tokenizer, fam
     images, captions, models = request_tensors
     with no_hang():
         try:
-            items = parse_request(images, captions, tokenizer, DEFAULT_SIZE, max_pixels=MAX_PIXELS,
-                                  models=models, families=families)
+            items = parse_request({"IMAGE": images, "CAPTION": captions, "MODEL": models}, families, "lcode",
+                                  max_pixels=MAX_PIXELS)
         except LangcolorError as e:
             assert str(e) and len(str(e)) <= MAX_ERROR_CHARS
             if models is not None and "MODEL" in str(e) and "UTF-8" not in str(e) and "BYTES" not in str(e):
@@ -270,12 +280,16 @@ def test_colorize_request_parser_ends_in_items_or_langcolor_error(tokenizer, fam
     assert len(items) == images.size == captions.size >= 1
     if models is not None:
         assert [i.family for i in items] == [bytes(m).decode() for m in models.reshape(-1)]
+    else:
+        assert all(i.family == "lcode" for i in items)
     for item in items:
-        family = families[item.family] if item.family else Family("default", tokenizer, DEFAULT_SIZE)
-        size = family.image_size
-        _check_loaded(item.loaded)
-        assert item.l_full.shape == item.loaded.rgb.shape[:2]
-        assert item.l_small.shape == (1, size, size) and item.l_small.dtype == np.float32
-        assert np.isfinite(item.l_small).all() and item.l_small.min() >= 0.0 and item.l_small.max() <= 100.0
-        assert item.tokens.shape == (family.tokenizer.max_tokens,)
-        assert item.tokens.max() < family.tokenizer.vocab_size
+        served = families[item.family]
+        size, tok = served.geometry.image_size, served.conditioner.tokenizer
+        p = item.prepared
+        assert p.l_full.ndim == 2 and p.l_full.size >= 1 and p.l_full.dtype == np.float32
+        assert np.isfinite(p.l_full).all() and p.l_full.min() >= 0.0 and p.l_full.max() <= 100.0
+        assert p.l_small.shape == (1, size, size) and p.l_small.dtype == np.float32
+        assert np.isfinite(p.l_small).all() and p.l_small.min() >= 0.0 and p.l_small.max() <= 100.0
+        tokens = item.conditions["TOKENS"]
+        assert tokens.shape == (tok.max_tokens,)
+        assert tokens.max() < tok.vocab_size and item.format == "PNG"

@@ -12,9 +12,9 @@ import torch
 from langcolor.client.spec import stage_specs
 from langcolor.export import instances, synthetic
 from langcolor.export.checkpoint import load_checkpoint
-from langcolor.export.config import LCOINS_CONFIGS, get_config
-from langcolor.export.lcoins import LCoIns
-from langcolor.export.lcoins_train import luminance_augment, recolour
+from langcolor.export.families.lcoins.config import CONFIGS as LCOINS_CONFIGS
+from langcolor.export.families.lcoins.network import LCoIns
+from langcolor.export.families.lcoins.training import luminance_augment, recolour
 
 VOCAB = 40
 
@@ -55,7 +55,7 @@ def test_stages_follow_the_declared_tensor_contract(name):
 
 
 def test_full_config_is_the_paper_geometry():
-    cfg = get_config("full", "lcoins")
+    cfg = LCOINS_CONFIGS["full"]
     assert cfg.image_size == 224 and cfg.patch_size == 16 and cfg.dim == 768 and cfg.patches == 196
     assert cfg.geometry(1000).feature_shape == (196, 768)
 
@@ -136,7 +136,7 @@ def test_stages_export_to_onnx_and_pass_parity(tmp_path):
     specs = stage_specs(geom)
     modules = {s: getattr(model, s) for s in specs}
     paths = {s: tmp_path / f"{s}.onnx" for s in specs}
-    export_stages(modules, specs, geom, paths)
+    export_stages(modules, specs, paths)
     report = validate_export(modules, specs, paths, geom)  # batches 1, 3, 8; every caption length
     assert report.ok and max(report.worst().values()) < 1e-3
 
@@ -216,10 +216,11 @@ def test_recolour_moves_each_named_region_to_the_new_colour():
 # ------------------------------------------------------------------------------------ training
 def test_tiny_lcoins_trains_resumes_and_evaluates(tmp_path):
     from langcolor.export.evaluate import evaluate
+    from langcolor.export.families.lcoins.config import TrainingOptions
     from langcolor.export.train import TrainOptions, train
 
-    opts = TrainOptions(family="lcoins", config="tiny", steps=4, batch_size=8, lr=1e-3, vocab_scenes=100,
-                        checkpoint_every=2)
+    opts = TrainOptions(family="lcoins", config="tiny", steps=4, batch_size=8, lr=1e-3, checkpoint_every=2,
+                        family_options=TrainingOptions(vocab_scenes=100))
     result = train(opts, tmp_path / "run", progress=False)
     ckpt = load_checkpoint(result.weights)
     assert ckpt.family == "lcoins" and ckpt.tokenizer.wordpiece and np.isfinite(result.loss)
@@ -227,7 +228,7 @@ def test_tiny_lcoins_trains_resumes_and_evaluates(tmp_path):
     assert isinstance(model, LCoIns) and model.geometry.vocab_size == ckpt.tokenizer.vocab_size
     again = train(opts, tmp_path / "run", progress=False)  # resumes at the end: nothing left to do
     assert load_checkpoint(again.weights).sha256 == ckpt.sha256
-    report = evaluate(model, ckpt.tokenizer, scenes=4, seed=3)
+    report = evaluate(model, ckpt.conditioner(), scenes=4, seed=3)
     assert report.instance.count == 8 and 0.0 <= report.instance.model <= 1.0
     assert report.unknown_words == {}  # WordPiece knows every word of the scenes
 
@@ -255,7 +256,7 @@ def test_the_shipped_lcode_tokenizer_is_unchanged():
     from langcolor.client.tokenizer import CaptionTokenizer
     from langcolor.export.checkpoint import default_weights_path
 
-    tok = load_checkpoint(default_weights_path("small", "lcode")).tokenizer
+    tok = load_checkpoint(default_weights_path("lcode")).tokenizer
     assert tok.sha256 == "c893df82450db36290f9f83e1720c8512b4fcfda1412a9669ec43e196d4623b6" and not tok.wordpiece
     enc = tok.encode("the left circle is red")
     assert enc.unknown == ("left",) and enc.split == () and enc.length == 5
@@ -300,7 +301,7 @@ def test_fusion_has_no_shared_additive_vectors_to_grow():
 def test_grouping_attention_is_cosine_with_a_capped_learnt_scale():
     """The grouping blocks attend by cosine (GroupingBlock docstring): lengthening queries or keys
     changes nothing, the per-head scale is learnt, and it cannot grow past the cap."""
-    from langcolor.export.lcoins import _MAX_LOGIT_SCALE, attend
+    from langcolor.export.families.lcoins.network import _MAX_LOGIT_SCALE, attend
 
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 7, 4), torch.randn(2, 3, 7, 4)

@@ -54,7 +54,7 @@ def test_lcoins_colorizes_in_process_and_keeps_the_photo_luminance(lcoins_reposi
     colorizer = Colorizer(model="lcoins", model_repository=lcoins_repository)
     result = colorizer.colorize(photo, PHOTO_CAPTION)
     prepared = colorizer.prepare(photo)
-    assert result.rgb.shape == prepared.loaded.rgb.shape[:2] + (3,) and result.rgb.dtype == np.uint8
+    assert result.rgb.shape == prepared.l_full.shape + (3,) and result.rgb.dtype == np.uint8
     assert result.unknown_words == ()  # "crimson" is read as word pieces, not ignored
     L_out = rgb_to_lab(result.rgb.astype(np.float32) / 255.0)[..., 0]
     assert np.abs(L_out - prepared.l_full).mean() < 2.0  # the original L is put back
@@ -62,18 +62,19 @@ def test_lcoins_colorizes_in_process_and_keeps_the_photo_luminance(lcoins_reposi
 
 def test_served_lcoins_matches_in_process(lcoins_repository, served_repository, server_url, protocol, tmp_path):
     local = Colorizer(model="lcoins", model_repository=lcoins_repository)
-    remote = Colorizer(model="lcoins", server=server_url, protocol=protocol, model_repository=lcoins_repository)
+    remote = Colorizer(model="lcoins", server=server_url, protocol=protocol, model_repository=lcoins_repository,
+                       via="ensemble")
     rng = np.random.default_rng(0)
     S = local.geometry.image_size
     L = rng.uniform(0, 100, size=(3, 1, S, S)).astype(np.float32)  # [B,1,S,S]
     captions = ["a red circle", "the small square is blue and the big square is green", PHOTO_CAPTION]
-    tokens = np.stack([local.encode_caption(c).ids for c in captions])  # [B,T]
-    want = local.infer_ab(L, tokens)
-    got = remote.infer_ab(L, tokens)
+    tokens = np.stack([local.condition({"caption": c}).tensors["TOKENS"] for c in captions])  # [B,T]
+    want = local.infer({"L": L, "TOKENS": tokens})["AB"]
+    got = remote.infer({"L": L, "TOKENS": tokens})["AB"]
     assert got.shape == want.shape == (3, 2, S, S)
     assert np.abs(got - want).max() < 1e-3
     # The default family on the same server is untouched and still answers with its own geometry.
-    lcode = Colorizer(server=server_url, protocol=protocol, model_repository=lcoins_repository)
+    lcode = Colorizer(server=server_url, protocol=protocol, model_repository=lcoins_repository, via="ensemble")
     assert lcode.geometry.family == "lcode" and lcode.colorize(_photo(tmp_path), "a red circle").rgb.ndim == 3
 
 
@@ -100,8 +101,8 @@ def test_colorize_endpoint_with_model_lcoins_matches_in_process_lcoins(lcoins_re
             for f in ("lcode", "lcoins")}
     assert np.abs(want["lcode"] - want["lcoins"]).max() > 8  # the two families colour differently
     with RemoteStages(server_url, protocol) as remote:
-        served = _pixels(remote.colorize_bytes(photo, PHOTO_CAPTION, model="lcoins"))
-        default = _pixels(remote.colorize_bytes(photo, PHOTO_CAPTION))
+        served = _pixels(remote.colorize_bytes(photo, PHOTO_CAPTION, model="lcoins").data)
+        default = _pixels(remote.colorize_bytes(photo, PHOTO_CAPTION).data)
     assert served.shape == want["lcoins"].shape
     assert np.abs(served - want["lcoins"]).max() <= 1  # same ONNX files, tokenizer and S: same pixels
     assert np.abs(default - want["lcode"]).max() <= 1  # no MODEL: the default family, lcode

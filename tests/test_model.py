@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from langcolor.client.spec import stage_specs
-from langcolor.export.config import CONFIGS
-from langcolor.export.lcode import CaptionEncoder, LCoDe
+from langcolor.export.families.lcode.config import CONFIGS
+from langcolor.export.families.lcode.network import CaptionEncoder, LCoDe
 
 VOCAB = 30
 

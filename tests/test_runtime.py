@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 
 import numpy as np
 import onnx
@@ -24,7 +23,7 @@ from langcolor.client.errors import ImageError, LangcolorError, ModelNotFoundErr
 from langcolor.client.lab import AB_SCALE, rgb_to_lab
 from langcolor.client.paths import ENV_MODEL_REPOSITORY, default_model_repository, resolve_model_repository
 from langcolor.client.runtime import ModelBundle, OnnxStages, stage_path
-from langcolor.client.spec import MANIFEST_FILE, TOKENIZER_FILE, ModelGeometry, ModelManifest, stage_specs
+from langcolor.client.spec import MANIFEST_FILE, TOKENIZER_FILE, ModelGeometry, ModelManifest, caption_geometry, stage_specs
 from langcolor.client.tokenizer import CaptionTokenizer
 
 S, T, C, H = 32, 6, 4, 4  # toy geometry: image side, caption length, feature channels, feature side
@@ -70,7 +69,7 @@ def toy_reference(L: np.ndarray, tokens: np.ndarray, w: dict[str, np.ndarray]) -
 
 def write_toy_repository(root, family: str = "lcode") -> tuple[ModelGeometry, dict[str, np.ndarray]]:
     tok = CaptionTokenizer.train(CAPTIONS, max_tokens=T)
-    geom = ModelGeometry(family, S, T, (C, H, H), tok.vocab_size)
+    geom = caption_geometry(family, S, T, tok.vocab_size, (C, H, H))
     specs, w = stage_specs(geom), toy_weights(tok.vocab_size)
     io_ = {k: ([_value(t) for t in s.inputs], [_value(t) for t in s.outputs]) for k, s in specs.items()}
     const = {"inv100": np.array(0.01, np.float32), "axis_t": np.array([1], np.int64), "axes_hw": np.array([2, 3], np.int64),
@@ -101,7 +100,7 @@ def write_toy_repository(root, family: str = "lcode") -> tuple[ModelGeometry, di
     ens = root / family / "1"
     ens.mkdir(parents=True)
     tok.save(ens / TOKENIZER_FILE)
-    (ens / MANIFEST_FILE).write_text(ModelManifest(geom, tok.sha256, "toy", {"config": "toy"}).to_json())
+    (ens / MANIFEST_FILE).write_text(ModelManifest(geom, "toy", {TOKENIZER_FILE: tok.sha256}, "toy").to_json())
     return geom, w
 
 
@@ -127,12 +126,13 @@ def test_stages_compute_the_model(toy_repo, batch):
     repo, geom, w = toy_repo
     stages = OnnxStages(ModelBundle.load(repo), intra_op_threads=1)
     L, tokens = _inputs(geom, batch, seed=batch)
-    ab = stages.infer_ab(L, tokens)
+    ab = stages.infer({"L": L, "TOKENS": tokens})["AB"]
     assert ab.shape == (batch, 2, S, S) and ab.dtype == np.float32
     assert np.abs(ab - toy_reference(L, tokens, w)).max() < 1e-3
-    feats = stages.encoder(L)
-    assert feats.shape == (batch, C, H, H)
-    assert np.allclose(stages.decoder(stages.fusion(feats, tokens)), ab, atol=1e-5)
+    feats = stages.run_stage("encoder", {"L": L})
+    assert feats["FEATURES"].shape == (batch, C, H, H)
+    modulated = stages.run_stage("fusion", {**feats, "TOKENS": tokens})
+    assert np.allclose(stages.run_stage("decoder", modulated)["AB"], ab, atol=1e-5)
 
 
 def test_bundle_reads_manifest_and_tokenizer(toy_repo):
@@ -191,8 +191,8 @@ def test_corrupt_onnx_and_renamed_tensor_are_model_errors(toy_repo):
         (lambda L, t: (np.full_like(L, np.inf), t), "NaN or infinity"),
         (lambda L, t: (L + 1.0, t), r"\[0, 100\]"),
         (lambda L, t: (L - 1.0, t), r"\[0, 100\]"),
-        (lambda L, t: (L, t + 1000), "token ids"),
-        (lambda L, t: (L, t - 5), "token ids"),
+        (lambda L, t: (L, t + 1000), r"TOKENS: values must lie in \[0, "),
+        (lambda L, t: (L, t - 5), r"TOKENS: values must lie in \[0, "),
         (lambda L, t: (L, t[:1]), "batch"),
         (lambda L, t: (L[:0], t[:0]), "empty batch"),
     ],
@@ -202,9 +202,10 @@ def test_bad_tensors_are_rejected_before_running(toy_repo, mutate, needle):
     stages = OnnxStages(ModelBundle.load(repo))
     L, tokens = _inputs(geom, 2)
     L[0, 0, 0, 0], L[1, 0, 0, 0] = 0.0, 100.0  # the valid range's ends are accepted...
-    stages.infer_ab(L, tokens)
+    stages.infer({"L": L, "TOKENS": tokens})
+    bad_l, bad_t = mutate(L, tokens)
     with pytest.raises(TensorError, match=needle):  # ...and everything else is refused
-        stages.infer_ab(*mutate(L, tokens))
+        stages.infer({"L": bad_l, "TOKENS": bad_t})
 
 
 def test_default_repository_and_env_override(tmp_path, monkeypatch):
@@ -240,10 +241,10 @@ def test_colorize_many_equals_one_by_one(toy_repo):
     repo, _, _ = toy_repo
     col = Colorizer(model_repository=repo)
     photos = [skimage.data.astronaut()[:50, :60], skimage.data.coffee()[:33, :41], skimage.data.chelsea()[:64, :64]]
-    pairs = [(_png(p), c) for p, c in zip(photos, ["a red car", "green grass", "a blue sky above"])]
+    pairs = [(_png(p), {"caption": c}) for p, c in zip(photos, ["a red car", "green grass", "a blue sky above"])]
     together = col.colorize_many(pairs, batch_size=2)  # a full batch and a partial one
-    for (src, cap), r in zip(pairs, together):
-        alone = col.colorize(src, cap)
+    for (src, inputs), r in zip(pairs, together):
+        alone = col.colorize(src, **inputs)
         assert np.abs(alone.ab_small - r.ab_small).max() < 1e-4
         assert np.abs(alone.rgb.astype(int) - r.rgb).max() <= 1
 
@@ -254,13 +255,12 @@ def _png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def test_unknown_words_reported_and_logged(toy_repo, caplog):
+def test_unknown_words_reported_in_notes(toy_repo):
     repo, _, _ = toy_repo
     col = Colorizer(model_repository=repo)
-    with caplog.at_level(logging.WARNING, logger="langcolor.client.colorizer"):
-        r = col.colorize(_png(skimage.data.astronaut()[:40, :40]), "a red zeppelin over green grass")
+    r = col.colorize(_png(skimage.data.astronaut()[:40, :40]), "a red zeppelin over green grass")
     assert r.unknown_words == ("zeppelin", "over")
-    assert "zeppelin over" in caplog.text
+    assert [n.kind for n in r.notes] == ["unknown-words"] and "zeppelin over" in r.notes[0].message
     with pytest.raises(CaptionError, match="no word"):
         col.colorize(_png(skimage.data.astronaut()[:40, :40]), "zeppelin quux")
     with pytest.raises(CaptionError, match="empty"):
@@ -292,7 +292,9 @@ def test_infer_ab_validates_values_for_both_paths(toy_repo):
     col = Colorizer(model_repository=repo)
     L, tokens = _inputs(geom, 2)
     with pytest.raises(TensorError, match="L: values must lie"):
-        col.infer_ab(L * 2, tokens)
+        col.infer({"L": L * 2, "TOKENS": tokens})
+    with pytest.raises(TensorError, match="needs TOKENS"):
+        col.infer({"L": L})
 
 
 # ---------------------------------------------------------------- a real export (random weights)
@@ -312,11 +314,12 @@ def test_runtime_reads_a_real_export(exported_tiny):
     captions = [" ".join(rng.choice(words, size=n)) for n in (1, geom.max_tokens // 2, geom.max_tokens)]
     tokens = bundle.tokenizer.encode_batch(captions)  # [3, T]
     L = rng.uniform(0, 100, (3, 1, geom.image_size, geom.image_size)).astype(np.float32)  # [3, 1, S, S]
-    ab = stages.infer_ab(L, tokens)  # [3, 2, S, S]
+    ab = stages.infer({"L": L, "TOKENS": tokens})["AB"]  # [3, 2, S, S]
     assert ab.shape == (3, 2, geom.image_size, geom.image_size) and np.isfinite(ab).all()
     assert np.abs(ab).max() <= AB_SCALE
     for i in range(3):  # batch invariance through the three sessions
-        assert np.abs(stages.infer_ab(L[i : i + 1], tokens[i : i + 1])[0] - ab[i]).max() < 1e-4
+        one = stages.infer({"L": L[i : i + 1], "TOKENS": tokens[i : i + 1]})["AB"]
+        assert np.abs(one[0] - ab[i]).max() < 1e-4
 
 
 def test_colorizer_on_a_real_export_keeps_l(exported_tiny):

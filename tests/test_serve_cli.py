@@ -91,8 +91,8 @@ def test_serve_answers_and_stops_on_sigterm(served_repository, tmp_path):
         g = bundle.geometry
         L = np.full((1, 1, g.image_size, g.image_size), 50.0, dtype=np.float32)  # [1, 1, S, S]
         tokens = bundle.tokenizer.encode_batch(["a red circle"])  # [1, T]
-        with RemoteStages(f"127.0.0.1:{ports[1]}", "grpc", tokenizer_sha256=bundle.tokenizer.sha256) as remote:
-            ab = remote.infer_ab(L, tokens)
+        with RemoteStages(f"127.0.0.1:{ports[1]}", "grpc", assets=bundle.manifest.assets) as remote:
+            ab = remote.infer({"L": L, "TOKENS": tokens})["AB"]
         assert ab.shape == (1, 2, g.image_size, g.image_size) and np.isfinite(ab).all()
 
         proc.send_signal(signal.SIGTERM)

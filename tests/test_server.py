@@ -19,6 +19,7 @@ from langcolor.client.errors import TensorError, TokenizerMismatchError
 from langcolor.client.lab import lab_to_rgb, rgb_to_lab
 from langcolor.client.reconstruct import prepare_l
 from langcolor.client.remote import (
+    Colorized,
     ModelNotReadyError,
     RemoteStages,
     RequestRejectedError,
@@ -45,8 +46,13 @@ def local(bundle) -> OnnxStages:
 
 @pytest.fixture()
 def remote(server_url, protocol, bundle):
-    with RemoteStages(server_url, protocol, tokenizer_sha256=bundle.tokenizer.sha256, max_in_flight=32) as r:
+    with RemoteStages(server_url, protocol, assets=bundle.manifest.assets, max_in_flight=32) as r:
         yield r
+
+
+def _ab(stages, L: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """AB [B, 2, S, S] of a caption family's stages (in-process or served)."""
+    return stages.infer({"L": L, "TOKENS": tokens})["AB"]
 
 
 def _photos() -> list[np.ndarray]:
@@ -105,8 +111,8 @@ def _stats(protocol: str, url: str, model: str) -> tuple[int, int]:
 def test_ensemble_matches_in_process(remote, local, bundle):
     # 11 > max_batch_size (8): the client splits the request and the halves run concurrently.
     L, tokens = _inputs(bundle, 11)
-    served = remote.infer_ab(L, tokens)  # [11, 2, S, S]
-    expected = local.infer_ab(L, tokens)
+    served = _ab(remote, L, tokens)  # [11, 2, S, S]
+    expected = _ab(local, L, tokens)
     assert served.shape == expected.shape == (11, 2, bundle.geometry.image_size, bundle.geometry.image_size)
     assert served.dtype == np.float32
     diff = float(np.abs(served - expected).max())
@@ -120,20 +126,20 @@ def test_concurrent_requests_are_batched_and_ungrouped_in_order(remote, local, b
     n = 32
     L, tokens = _inputs(bundle, n)
     before = _stats(protocol, server_url, stage)
-    futures = [remote.submit_ab(L[i : i + 1], tokens[i : i + 1]) for i in range(n)]
-    served = np.concatenate([f.result(timeout=120) for f in futures])  # [32, 2, S, S]
+    futures = [remote.submit_infer({"L": L[i : i + 1], "TOKENS": tokens[i : i + 1]}) for i in range(n)]
+    served = np.concatenate([f.result(timeout=120)["AB"] for f in futures])  # [32, 2, S, S]
     after = _stats(protocol, server_url, stage)
     inferences, executions = after[0] - before[0], after[1] - before[1]
     assert inferences == n
     assert executions < inferences, f"no dynamic batching: {executions} executions for {inferences} requests"
     # Each answer belongs to its own request: batching must not shuffle or mix samples.
-    assert float(np.abs(served - local.infer_ab(L, tokens)).max()) <= PARITY_TOL
+    assert float(np.abs(served - _ab(local, L, tokens)).max()) <= PARITY_TOL
 
 
 # ------------------------------------------------------------------------------ colorize
 def test_colorize_returns_png_with_input_size_and_l(remote, served_repository):
     gray = skimage.data.camera()[:300, :440]  # uint8 [H, W], not square
-    png = remote.colorize_bytes(_png(gray), CAPTIONS[0])
+    png = remote.colorize_bytes(_png(gray), CAPTIONS[0]).data
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     out = Image.open(io.BytesIO(png))
     assert out.format == "PNG" and out.mode == "RGB" and out.size == (440, 300)
@@ -185,7 +191,7 @@ def test_colorize_follows_the_caption(remote, trained_repository):
         return names[int(np.argmin(np.linalg.norm(centres - ab, axis=1)))]
 
     results = remote.colorize_many([(photo, f"a {c1} circle and a {c2} square") for c1, c2 in pairs])
-    got = {p: (nearest(r, circle), nearest(r, square)) for p, r in zip(pairs, results)}
+    got = {p: (nearest(r.data, circle), nearest(r.data, square)) for p, r in zip(pairs, results)}
     right = sum((g[0] == p[0]) + (g[1] == p[1]) for p, g in got.items())
     assert right >= 0.85 * 2 * len(pairs), f"{right}/{2 * len(pairs)} objects follow the caption: {got}"
 
@@ -194,8 +200,8 @@ def test_32_concurrent_colorize_requests_all_succeed(remote):
     gray = (skimage.data.camera()[::4, ::4]).astype(np.uint8)  # [128, 128]
     items = [(_png(np.roll(gray, i, axis=1)), CAPTIONS[i % 3]) for i in range(32)]
     results = remote.colorize_many(items)
-    assert all(isinstance(r, bytes) for r in results), [r for r in results if not isinstance(r, bytes)]
-    sizes = {Image.open(io.BytesIO(r)).size for r in results}
+    assert all(isinstance(r, Colorized) for r in results), [r for r in results if not isinstance(r, Colorized)]
+    sizes = {Image.open(io.BytesIO(r.data)).size for r in results}
     assert sizes == {(128, 128)}
 
 
@@ -203,12 +209,14 @@ def test_colorize_config_declares_optional_model_and_the_families_it_serves(serv
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from langcolor.export.triton_config import MODEL_NAME, PARAM_ENSEMBLE, PARAM_FAMILIES
+    from langcolor.client.names import MODEL as MODEL_NAME
+    from langcolor.client.names import PARAM_ENSEMBLE, PARAM_FAMILIES
 
     cfg = text_format.Parse((served_repository.path / "colorize" / "config.pbtxt").read_text(), mc.ModelConfig())
     inputs = {t.name: t for t in cfg.input}
     assert inputs[MODEL_NAME].data_type == mc.TYPE_STRING and list(inputs[MODEL_NAME].dims) == [1]
-    assert inputs[MODEL_NAME].optional and not inputs["IMAGE"].optional and not inputs["CAPTION"].optional
+    # Only the image is required: a family without a caption needs none.
+    assert inputs[MODEL_NAME].optional and not inputs["IMAGE"].optional and inputs["CAPTION"].optional
     families = cfg.parameters[PARAM_FAMILIES].string_value.split(",")
     held = {p.parent.parent.name for p in served_repository.path.glob("*/1/langcolor.json")}
     assert set(families) == held and families[0] == cfg.parameters[PARAM_ENSEMBLE].string_value
@@ -216,8 +224,8 @@ def test_colorize_config_declares_optional_model_and_the_families_it_serves(serv
 
 def test_colorize_model_lcode_is_the_default(remote):
     photo = _png(skimage.data.astronaut()[::4, ::4])
-    absent = np.asarray(Image.open(io.BytesIO(remote.colorize_bytes(photo, CAPTIONS[0]))))
-    explicit = np.asarray(Image.open(io.BytesIO(remote.colorize_bytes(photo, CAPTIONS[0], model="lcode"))))
+    absent = np.asarray(Image.open(io.BytesIO(remote.colorize_bytes(photo, CAPTIONS[0]).data)))
+    explicit = np.asarray(Image.open(io.BytesIO(remote.colorize_bytes(photo, CAPTIONS[0], model="lcode").data)))
     assert absent.shape == explicit.shape == (128, 128, 3)
     assert np.array_equal(absent, explicit)
 
@@ -231,7 +239,7 @@ def test_requests_with_and_without_model_in_flight_together(remote, served_repos
     pixels = {}
     for m, f in zip(models, futures):
         if m in (None, *families):
-            png = f.result(timeout=120)
+            png = f.result(timeout=120).data
             pixels.setdefault(m or "lcode", []).append(np.asarray(Image.open(io.BytesIO(png))))
         else:
             with pytest.raises(RequestRejectedError, match="MODEL.*valid families: .*lcode"):
@@ -292,8 +300,8 @@ def test_malformed_request_fails_alone(case, protocol, server_url, bundle, remot
     assert word.lower() in info.value.message().lower(), info.value.message()
     # The server is still up and the next good request succeeds.
     L, tokens = _inputs(bundle, 1)
-    assert remote.infer_ab(L, tokens).shape == (1, 2, bundle.geometry.image_size, bundle.geometry.image_size)
-    assert remote.colorize_bytes(_png(skimage.data.camera()[::8, ::8]), CAPTIONS[1])[:4] == b"\x89PNG"
+    assert _ab(remote, L, tokens).shape == (1, 2, bundle.geometry.image_size, bundle.geometry.image_size)
+    assert remote.colorize_bytes(_png(skimage.data.camera()[::8, ::8]), CAPTIONS[1]).data[:4] == b"\x89PNG"
 
 
 def test_bad_requests_batched_with_good_ones_fail_alone(remote, bundle):
@@ -306,25 +314,36 @@ def test_bad_requests_batched_with_good_ones_fail_alone(remote, bundle):
             assert isinstance(r, RequestRejectedError), (i, r)
             assert "colorize" in str(r)
         else:
-            assert isinstance(r, bytes) and r[:4] == b"\x89PNG", (i, r)
+            assert isinstance(r, Colorized) and r.data[:4] == b"\x89PNG", (i, r)
 
-    # Ensemble: an out-of-range L among good requests in flight at the same time.
+    # Ensemble: an out-of-range L among good requests in flight at the same time. Raw requests: the
+    # client refuses such an L before sending it (tested below); here the server must refuse it alone.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tritonclient.utils import InferenceServerException
+
     L, tokens = _inputs(bundle, 8)
     bad = L.copy()
     bad[3] += 200
-    futures = [remote.submit_ab(bad[i : i + 1], tokens[i : i + 1]) for i in range(8)]
-    for i, f in enumerate(futures):
-        if i == 3:
-            with pytest.raises(RequestRejectedError, match="100"):
-                f.result(timeout=60)
-        else:
-            assert np.isfinite(f.result(timeout=60)).all()
+    family = bundle.geometry.family
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(_raw_infer, remote.protocol, remote.url, family,
+                               [("L", bad[i : i + 1], "FP32"), ("TOKENS", tokens[i : i + 1], "INT64")], "AB")
+                   for i in range(8)]
+        for i, f in enumerate(futures):
+            if i == 3:
+                with pytest.raises(InferenceServerException, match="100"):
+                    f.result(timeout=60)
+            else:
+                assert np.isfinite(f.result(timeout=60)).all()
+    with pytest.raises(TensorError, match=r"L: values must lie in \[0, 100\]"):
+        remote.infer({"L": bad[3:4], "TOKENS": tokens[3:4]})
 
 
 # ------------------------------------------------------------------------------ client errors
 def test_client_refuses_a_different_tokenizer(server_url, protocol):
     with pytest.raises(TokenizerMismatchError, match="tokenizer"):
-        RemoteStages(server_url, protocol, tokenizer_sha256="0" * 64)
+        RemoteStages(server_url, protocol, assets={"tokenizer.json": "0" * 64})
 
 
 def test_client_reports_model_not_ready(server_url, protocol):
@@ -341,7 +360,7 @@ def test_client_reports_unreachable_server_after_retries(protocol):
 def test_client_checks_tensors_against_the_served_contract(remote, bundle):
     L, tokens = _inputs(bundle, 2)
     with pytest.raises(TensorError, match="L"):
-        remote.infer_ab(L[:, :, 1:], tokens)
+        _ab(remote, L[:, :, 1:], tokens)
 
 
 def test_client_retries_through_a_server_restart(served_repository, bundle, protocol, tmp_path):
@@ -356,18 +375,18 @@ def test_client_retries_through_a_server_restart(served_repository, bundle, prot
     kw = dict(http_port=http, grpc_port=grpc, metrics_port=metrics, log_path=tmp_path / "restart.log", exit_timeout_s=1)
     first = TritonServer(served_repository.path, **kw).start()
     url = first.endpoints.grpc_url if protocol == "grpc" else first.endpoints.http_url
-    remote = RemoteStages(url, protocol, tokenizer_sha256=bundle.tokenizer.sha256, retries=2, backoff_s=0.05)
+    remote = RemoteStages(url, protocol, assets=bundle.manifest.assets, retries=2, backoff_s=0.05)
     second = TritonServer(served_repository.path, **kw)
     try:
-        before = remote.infer_ab(L, tokens)
+        before = _ab(remote, L, tokens)
         first.stop()
         with pytest.raises(ServerUnavailableError, match="unreachable after 3 attempts"):
-            remote.infer_ab(L, tokens)
+            _ab(remote, L, tokens)
         # Back after a moment; enough retries (0.25 s doubling, capped) span the restart.
         remote.retries, remote.backoff_s = 10, 0.25
         starter = threading.Thread(target=second.start)
         starter.start()
-        after = remote.infer_ab(L, tokens)
+        after = _ab(remote, L, tokens)
         starter.join()
         assert float(np.abs(after - before).max()) <= PARITY_TOL
     finally:

@@ -12,9 +12,10 @@ from PIL import Image
 from langcolor.client.errors import ModelNotFoundError
 from langcolor.export.checkpoint import default_weights_path, load_checkpoint, save_checkpoint
 from langcolor.export.evaluate import evaluate, psnr, ssim
+from langcolor.export.families.lcode.config import TrainingOptions
 from langcolor.export.train import TrainOptions, train
 
-TINY = dict(config="tiny", batch_size=8, lr=2e-3, vocab_scenes=300, checkpoint_every=3)
+TINY = dict(config="tiny", batch_size=8, lr=2e-3, checkpoint_every=3, family_options=TrainingOptions(vocab_scenes=300))
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
@@ -27,8 +28,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     class Interrupted(Exception):
         pass
 
-    def save_then_die(path, model, tokenizer, step, *args, **kwargs):
-        digest = save_checkpoint(path, model, tokenizer, step, *args, **kwargs)
+    def save_then_die(path, model, assets, step, *args, **kwargs):
+        digest = save_checkpoint(path, model, assets, step, *args, **kwargs)
         if step == 3:
             raise Interrupted  # as if the process were killed right after the step-3 checkpoint
         return digest
@@ -48,7 +49,8 @@ def test_checkpoint_carries_config_tokenizer_and_refuses_tampering(tmp_path):
     result = train(TrainOptions(steps=2, **TINY), tmp_path, progress=False)
     ckpt = load_checkpoint(result.weights)
     assert ckpt.config.name == "tiny" and ckpt.step == 2 and ckpt.optimizer is None
-    assert ckpt.tokenizer.max_tokens == ckpt.config.max_tokens and ckpt.tokenizer.vocab_size == ckpt.vocab_size
+    assert ckpt.tokenizer.max_tokens == ckpt.config.max_tokens
+    assert ckpt.tokenizer.vocab_size == ckpt.geometry.vocab_size == ckpt.build_model().vocab_size
     model = ckpt.build_model()
     assert not model.training
     raw = torch.load(result.weights, weights_only=True)
@@ -68,7 +70,8 @@ def test_training_on_coco_style_data(tmp_path):
     doc = {"images": [{"id": 7, "file_name": "a.png"}],
            "annotations": [{"image_id": 7, "caption": "a red car", "color_object_pairs": [["car", "red"]]}]}
     (tmp_path / "captions.json").write_text(json.dumps(doc))
-    opts = TrainOptions(steps=2, coco_images=str(images), coco_captions=str(tmp_path / "captions.json"), **TINY)
+    coco = TrainingOptions(vocab_scenes=300, coco_images=str(images), coco_captions=str(tmp_path / "captions.json"))
+    opts = TrainOptions(steps=2, **{**TINY, "family_options": coco})
     result = train(opts, tmp_path / "out", progress=False)
     ckpt = load_checkpoint(result.weights)
     assert np.isfinite(result.loss) and ckpt.meta["data"] == "coco" and ckpt.tokenizer.vocab_size == 5
@@ -85,7 +88,7 @@ def test_ssim_and_psnr_match_the_reference_definitions():
 
 @pytest.fixture(scope="module")
 def shipped():
-    path = default_weights_path("small")
+    path = default_weights_path()
     if not path.exists():
         pytest.fail(f"shipped weights missing: {path}")
     return load_checkpoint(path)
@@ -93,7 +96,7 @@ def shipped():
 
 def test_shipped_weights_follow_the_caption(shipped):
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    report = evaluate(shipped.build_model(), shipped.tokenizer, scenes=64, seed=12345)
+    report = evaluate(shipped.build_model(), shipped.conditioner(), scenes=64, seed=12345)
     # An untrained or caption-blind network scores near chance (1/9) on every line below.
     assert report.seen.model >= 0.90, report.seen
     assert report.heldout.model >= 0.80, report.heldout

@@ -16,32 +16,25 @@ from google.protobuf import text_format
 from torch import nn
 from tritonclient.grpc import model_config_pb2 as mc
 
+from langcolor.client import names
 from langcolor.client.errors import ExportParityError, LangcolorError
 from langcolor.client.spec import (
     MANIFEST_FILE,
     STAGES,
     TOKENIZER_FILE,
+    ModelGeometry,
     ModelManifest,
+    caption_geometry,
     ensemble_spec,
     stage_specs,
 )
 from langcolor.client.tokenizer import CaptionTokenizer
-from langcolor.export.config import CONFIGS
-from langcolor.export.lcode import LCoDe
+from langcolor.export.checkpoint import Checkpoint
 from langcolor.export.onnx_export import read_signature
-from langcolor.export.triton_config import (
-    CAPTION_NAME,
-    COLORIZE_MODEL,
-    COLORIZED_NAME,
-    IMAGE_NAME,
-    MODEL_NAME,
-    PARAM_GEOMETRY,
-    PARAM_TOKENIZER_SHA256,
-    PARAM_WEIGHTS_SHA256,
-    Target,
-    stage_config,
-)
-from langcolor.export.triton_repo import PARITY_FILE, TINY_CAPTIONS, build_tiny_repository, write_repository
+from langcolor.export.triton_config import Target, stage_config, to_text
+from langcolor.export.triton_repo import PARITY_FILE, ExportEntry, build_tiny_repository, write_repository
+
+COLORIZE_MODEL = names.COLORIZE_MODEL
 
 _DTYPES = {"float32": mc.TYPE_FP32, "int64": mc.TYPE_INT64, "float16": mc.TYPE_FP16, "int32": mc.TYPE_INT32}
 
@@ -85,10 +78,10 @@ def test_layout_is_complete(repos):
         for stage in STAGES:
             version = root / f"lcode_{stage}" / "1"
             assert (version / "model.onnx").is_file()
-            assert (version / "model.py").is_file() == (backend == "python")
         for name in (MANIFEST_FILE, TOKENIZER_FILE, PARITY_FILE):
             assert (root / "lcode" / "1" / name).is_file()
-        assert (root / COLORIZE_MODEL / "1" / "model.py").is_file()
+        # The Python models name the langcolor backend: no copy of a model.py anywhere in the repository.
+        assert not list(root.rglob("model.py"))
         assert not list(root.parent.glob(f".{root.name}.*")), "temporary folders left behind"
 
 
@@ -102,7 +95,8 @@ def test_every_stage_config_agrees_with_its_onnx_file(repos):
             assert max(cfg.dynamic_batching.preferred_batch_size) <= cfg.max_batch_size
             assert 0 < cfg.dynamic_batching.max_queue_delay_microseconds <= 10_000
             if backend == "python":
-                assert cfg.backend == "python" and not cfg.platform
+                assert cfg.backend == names.BACKEND and not cfg.platform
+                assert cfg.parameters[names.PARAM_ROLE].string_value == "stage"
             else:
                 assert cfg.platform == "onnxruntime_onnx" and cfg.default_model_filename == "model.onnx"
 
@@ -110,8 +104,8 @@ def test_every_stage_config_agrees_with_its_onnx_file(repos):
 def test_the_comparison_catches_a_config_from_another_geometry(repos, manifest):
     """A config generated for another caption length must be reported against the real ONNX file."""
     g = manifest.geometry
-    other = type(g)(g.family, g.image_size, g.max_tokens + 1, g.feature_shape, g.vocab_size)
-    stale = parse(stage_config(stage_specs(other)["fusion"], other, Target()))
+    other = caption_geometry(g.family, g.image_size, g.max_tokens + 1, g.vocab_size, g.feature_shape)
+    stale = parse(to_text(stage_config(stage_specs(other)["fusion"], Target())))
     problems = config_vs_onnx(stale, repos["python"] / "lcode_fusion" / "1" / "model.onnx")
     assert problems and "TOKENS" in problems[0]
 
@@ -136,37 +130,39 @@ def test_ensemble_is_wired_from_the_specs_and_identical_in_both_targets(repos, m
     assert {t.name for t in cfg.output} <= available
 
 
-def test_ensemble_parameters_let_a_client_check_tokenizer_weights_and_geometry(repos, manifest):
+def test_ensemble_parameters_let_a_client_check_assets_weights_and_geometry(repos, manifest):
     root = repos["python"]
     params = {k: v.string_value for k, v in parse(root / "lcode" / "config.pbtxt").parameters.items()}
     tokenizer_bytes = (root / "lcode" / "1" / TOKENIZER_FILE).read_bytes()
-    assert params[PARAM_TOKENIZER_SHA256] == hashlib.sha256(tokenizer_bytes).hexdigest() == manifest.tokenizer_sha256
-    assert params[PARAM_TOKENIZER_SHA256] == CaptionTokenizer.from_file(root / "lcode" / "1" / TOKENIZER_FILE).sha256
-    assert params[PARAM_WEIGHTS_SHA256] == manifest.weights_sha256 and len(manifest.weights_sha256) == 64
-    geometry = json.loads(params[PARAM_GEOMETRY])
-    assert geometry["image_size"] == manifest.geometry.image_size
-    assert tuple(geometry["feature_shape"]) == manifest.geometry.feature_shape
-    assert geometry["vocab_size"] == manifest.geometry.vocab_size
+    assets = json.loads(params[names.PARAM_ASSETS])
+    assert assets == {TOKENIZER_FILE: hashlib.sha256(tokenizer_bytes).hexdigest()} == manifest.assets
+    assert assets[TOKENIZER_FILE] == CaptionTokenizer.from_file(root / "lcode" / "1" / TOKENIZER_FILE).sha256
+    assert params[names.PARAM_WEIGHTS_SHA256] == manifest.weights_sha256 and len(manifest.weights_sha256) == 64
+    geometry = ModelGeometry.from_dict(json.loads(params[names.PARAM_GEOMETRY]))
+    assert geometry == manifest.geometry and geometry.vocab_size == CaptionTokenizer.from_str(tokenizer_bytes.decode()).vocab_size
     parity = json.loads((root / "lcode" / "1" / PARITY_FILE).read_text())
     assert parity["ok"] and parity["batch_sizes"] == [1, 3, 8]
 
 
-def test_colorize_endpoint_config(repos):
+def test_colorize_endpoint_config(repos, manifest):
     cfg = parse(repos["python"] / COLORIZE_MODEL / "config.pbtxt")
-    assert cfg.backend == "python"
+    assert cfg.backend == names.BACKEND and cfg.parameters[names.PARAM_ROLE].string_value == "colorize"
     assert [(t.name, t.data_type, list(t.dims), t.optional) for t in cfg.input] == [
-        (IMAGE_NAME, mc.TYPE_STRING, [1], False),
-        (CAPTION_NAME, mc.TYPE_STRING, [1], False),
-        (MODEL_NAME, mc.TYPE_STRING, [1], True),  # optional: absent means the default family
+        (names.IMAGE, mc.TYPE_STRING, [1], False),
+        (names.MODEL, mc.TYPE_STRING, [1], True),  # optional: absent means the default family
+        (names.FORMAT, mc.TYPE_STRING, [1], True),
+        ("CAPTION", mc.TYPE_STRING, [1], True),  # the family's user input, named by the family
     ]
-    assert [(t.name, t.data_type, list(t.dims)) for t in cfg.output] == [(COLORIZED_NAME, mc.TYPE_STRING, [1])]
-    assert cfg.parameters["ensemble"].string_value == "lcode"
-    assert cfg.parameters["families"].string_value == "lcode"  # a one-family repository serves only that family
+    assert [(t.name, t.data_type, list(t.dims)) for t in cfg.output] == [
+        (names.COLORIZED, mc.TYPE_STRING, [1]), (names.NOTES, mc.TYPE_STRING, [1])]
+    assert cfg.parameters[names.PARAM_ENSEMBLE].string_value == "lcode"
+    assert cfg.parameters[names.PARAM_FAMILIES].string_value == "lcode"  # a one-family repository serves only that family
+    assert cfg.parameters[names.PARAM_WEIGHTS_PREFIX + "lcode"].string_value == manifest.weights_sha256
 
 
 def test_gpu_target_configs_parse_with_tensorrt_fp16(manifest):
     spec = stage_specs(manifest.geometry)["encoder"]
-    cfg = parse(stage_config(spec, manifest.geometry, Target("onnxruntime", gpu=True, tensorrt=True, fp16=True)))
+    cfg = parse(to_text(stage_config(spec, Target("onnxruntime", gpu=True, tensorrt=True, fp16=True))))
     assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
     accel = cfg.optimization.execution_accelerators.gpu_execution_accelerator[0]
     assert accel.name == "tensorrt" and accel.parameters["precision_mode"] == "FP16"
@@ -189,11 +185,11 @@ class _FrozenAtTrace(nn.Module):
 def test_failed_export_leaves_the_previous_repository_untouched(tmp_path):
     root = build_tiny_repository(tmp_path / "repo")
     before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    tokenizer = CaptionTokenizer.train(TINY_CAPTIONS, CONFIGS["tiny"].max_tokens)
-    model = LCoDe(CONFIGS["tiny"], tokenizer.vocab_size).eval()
-    modules = {"encoder": model.encoder, "fusion": model.fusion, "decoder": _FrozenAtTrace(model.decoder)}
+    ckpt = Checkpoint.random("lcode", "tiny", seed=3)
+    model = ckpt.build_model()
+    model.decoder = _FrozenAtTrace(model.decoder)
     with pytest.raises(ExportParityError, match="decoder.AB"):
-        write_repository(modules, model.geometry, tokenizer, "0" * 64, root)
+        write_repository([ExportEntry(model, ckpt.assets, "0" * 64)], root)
     after = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
     assert after == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"], "temporary folder left behind"
@@ -203,11 +199,9 @@ def test_refuses_to_replace_a_folder_that_is_not_a_repository(tmp_path):
     target = tmp_path / "photos"
     target.mkdir()
     (target / "holiday.jpg").write_bytes(b"not mine to delete")
-    tokenizer = CaptionTokenizer.train(TINY_CAPTIONS, CONFIGS["tiny"].max_tokens)
-    model = LCoDe(CONFIGS["tiny"], tokenizer.vocab_size).eval()
-    modules = {s: getattr(model, s) for s in STAGES}
+    ckpt = Checkpoint.random("lcode", "tiny", seed=3)
     with pytest.raises(LangcolorError, match="not a model repository"):
-        write_repository(modules, model.geometry, tokenizer, "0" * 64, target)
+        write_repository([ExportEntry.from_checkpoint(ckpt)], target)
     assert (target / "holiday.jpg").read_bytes() == b"not mine to delete"
 
 
@@ -255,17 +249,17 @@ def test_stage_model_rejects_bad_requests_alone_and_matches_onnxruntime(triton_s
         client.close()
 
 
-def test_shipped_repository_runs_the_current_python_models():
-    """The committed model_repository/ holds copies of the Python-backend models (Triton loads
-    model.py from each version folder); editing a template without re-exporting would serve stale code."""
+def test_shipped_repository_is_the_export_of_the_shipped_weights():
+    """The committed model_repository/ is generated: each family's manifest names the shipped weights'
+    hash, its configs parse, and no Python model file is copied into it (they name the backend)."""
     from langcolor.client.paths import default_model_repository
-    from langcolor.export.triton_repo import COLORIZE_MODEL_SOURCE, STAGE_MODEL_SOURCE
+    from langcolor.export.checkpoint import load_checkpoint, shipped_weights
 
     shipped = default_model_repository()
-    copies = sorted(shipped.glob("*/1/model.py"))
-    assert copies, f"no Python-backend models under {shipped}"
-    for copy in copies:
-        template = COLORIZE_MODEL_SOURCE if copy.parts[-3] == COLORIZE_MODEL else STAGE_MODEL_SOURCE
-        assert copy.read_bytes() == template.read_bytes(), (
-            f"{copy} differs from {template.name}: run `langcolor export` and commit the repository"
-        )
+    assert not list(shipped.rglob("model.py")), "a model.py copy in the committed repository"
+    for path in shipped_weights():
+        ckpt = load_checkpoint(path)
+        manifest = ModelManifest.load(shipped / ckpt.family / "1" / MANIFEST_FILE)
+        assert manifest.weights_sha256 == ckpt.sha256, f"{ckpt.family}: re-export the repository (langcolor export)"
+    for config in shipped.glob("*/config.pbtxt"):
+        parse(config)

@@ -37,10 +37,11 @@ import torch
 from torch import nn
 
 from langcolor.client.lab import AB_SCALE, L_CENTER, L_SCALE
-from langcolor.client.spec import PAD_ID
+from langcolor.client.spec import PAD_ID, ModelGeometry
+
+from langcolor.export.layers import upsampling_body
 
 from .config import LCoInsConfig
-from .lcode import upsampling_body
 
 _MASKED_LOGIT = -1.0e4  # finite "minus infinity": an all-masked row stays finite in softmax
 _EPS = 1.0e-6
@@ -351,3 +352,8 @@ def _init(module: nn.Module) -> None:
         if module.padding_idx is not None:
             with torch.no_grad():
                 module.weight[module.padding_idx].zero_()
+
+
+def build(cfg: LCoInsConfig, geometry: ModelGeometry) -> LCoIns:
+    """A freshly initialised network (torch's current seed decides the weights) for ``geometry``."""
+    return LCoIns(cfg, int(geometry.tokens.value_range[1]) + 1)

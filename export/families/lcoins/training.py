@@ -1,6 +1,6 @@
-"""L-CoIns training pieces: data (synthetic + instance scenes), luminance augmentation, loss.
+"""L-CoIns training: data (synthetic + instance scenes), luminance augmentation, loss, warm-up.
 
-``export/train.py`` runs the loop for both families; this module supplies what differs for L-CoIns:
+``langcolor.export.train`` runs the loop; this module supplies the family's pieces:
 
 - batches mix ``synthetic.make_scene`` scenes with ``instances.make_instance_scene`` scenes
   (``instance_rate`` of each batch); step ``k`` uses scenes ``k*n .. (k+1)*n - 1`` of each stream;
@@ -19,19 +19,19 @@
 
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import numpy as np
 import torch
-import torch.nn.functional as F
-from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 
-from langcolor.client.lab import lab_to_rgb, rgb_to_lab
-from langcolor.client.spec import PAD_ID
+from langcolor.client.lab import hsv_to_rgb, lab_to_rgb, rgb_to_hsv, rgb_to_lab
+from langcolor.client.spec import PAD_ID, TOKENIZER_FILE
 from langcolor.client.tokenizer import CaptionTokenizer
+from langcolor.export import instances, synthetic
+from langcolor.export.losses import ab_smooth_l1
 
-from . import instances, synthetic
 from .config import LCoInsConfig
-
-AB_LOSS_UNIT = 10.0  # as for L-CoDe: smooth-L1 (delta = 1) in tens of Lab units
 
 
 def build_tokenizer(cfg: LCoInsConfig, seed: int, scenes: int) -> CaptionTokenizer:
@@ -39,6 +39,28 @@ def build_tokenizer(cfg: LCoInsConfig, seed: int, scenes: int) -> CaptionTokeniz
     plain = synthetic.training_captions(seed, scenes, cfg.image_size, cfg.max_words)
     inst = [s.scene.caption for s in instances.make_instance_scenes(seed, "train", 0, scenes, cfg.image_size, cfg.max_words)]
     return CaptionTokenizer.train_wordpiece(plain + inst, cfg.max_tokens, cfg.wordpiece_vocab)
+
+
+def make_assets(cfg: LCoInsConfig, options) -> dict[str, str]:
+    return {TOKENIZER_FILE: build_tokenizer(cfg, options.seed, options.family_options.vocab_scenes).to_str()}
+
+
+def data_name(options) -> str:
+    return "synthetic"
+
+
+def data_source(cfg: LCoInsConfig, conditioner, options) -> Callable[[int], dict[str, torch.Tensor]]:
+    return lambda step: make_batch(cfg, conditioner.tokenizer, options, step)
+
+
+def scheduler(optimizer: torch.optim.Optimizer, options):
+    """Transformers: linear warm-up, then cosine decay over the remaining steps."""
+    warm = max(1, min(options.family_options.warmup_steps, options.steps // 4))
+    decay = max(options.steps - warm, 1)
+    # plain floats (math, not numpy): the checkpoint must load with weights_only=True
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda k: (k + 1) / warm if k < warm else 0.5 * (1 + math.cos(math.pi * min(k - warm, decay) / decay))
+    )
 
 
 def luminance_augment(L: np.ndarray, ab: np.ndarray, rng: np.random.Generator, gamma_max: float) -> np.ndarray:
@@ -67,7 +89,7 @@ def recolour(scene: synthetic.Scene, rng: np.random.Generator) -> tuple[str, np.
         taken.add(new)
         words[colour_pos] = new
         if colour_pos > 0 and words[colour_pos - 1] in ("a", "an"):
-            words[colour_pos - 1] = synthetic._article(new)
+            words[colour_pos - 1] = synthetic.article(new)
         region = scene.background_mask if noun == synthetic.BACKGROUND else scene.masks[by_colour[old]]
         shift = np.subtract(synthetic.PALETTE[new], synthetic.PALETTE[old]).astype(np.float32)
         ab[:, region] += shift[:, None]
@@ -76,8 +98,9 @@ def recolour(scene: synthetic.Scene, rng: np.random.Generator) -> tuple[str, np.
 
 def make_batch(cfg: LCoInsConfig, tokenizer: CaptionTokenizer, options, step: int) -> dict[str, torch.Tensor]:
     """The deterministic batch of training step ``step``: B/2 scenes, then the same with pseudo captions."""
+    o = options.family_options
     half = options.batch_size // 2
-    n_inst = int(round(half * options.instance_rate))
+    n_inst = int(round(half * o.instance_rate))
     n_plain = half - n_inst
     S, W = cfg.image_size, cfg.max_words
     scenes = synthetic.make_scenes(options.seed, "train", step * n_plain, n_plain, S, W)
@@ -87,10 +110,10 @@ def make_batch(cfg: LCoInsConfig, tokenizer: CaptionTokenizer, options, step: in
     arrays = synthetic.stack(scenes, np.zeros((half, cfg.max_words), np.int64), cfg.max_words)
     del arrays["occm"], arrays["tokens"]  # L-CoDe's supervision; L-CoIns has none on the words
     for i, s in enumerate(scenes):
-        if rng.random() < options.augment_rate:
-            arrays["L"][i, 0] = luminance_augment(s.L, s.ab, rng, options.gamma_max)
+        if rng.random() < o.augment_rate:
+            arrays["L"][i, 0] = luminance_augment(s.L, s.ab, rng, o.gamma_max)
     tokens = tokenizer.encode_batch([s.caption for s in scenes] + [c for c, _ in pseudo])  # [B,T]
-    drop = np.tile(rng.random(half) < options.caption_free_rate, 2)  # [B] shown without a caption
+    drop = np.tile(rng.random(half) < o.caption_free_rate, 2)  # [B] shown without a caption
     tokens[drop] = PAD_ID
     keep_pseudo_ab = ~drop[half:]  # caption-free: both halves keep the scene's own colours
     pseudo_ab = np.stack([p_ab if k else s.ab for (_, p_ab), s, k in zip(pseudo, scenes, keep_pseudo_ab)])
@@ -105,9 +128,8 @@ def make_batch(cfg: LCoInsConfig, tokenizer: CaptionTokenizer, options, step: in
 
 def losses(model, batch: dict[str, torch.Tensor], options) -> dict[str, torch.Tensor]:
     """Smooth-L1 over both halves; L_ctr pairs half 1 (real captions) with half 2 (pseudo captions)."""
-    ab, ctr, _ = model.forward_train(batch["L"], batch["tokens"], pair_halves=options.counter_weight != 0.0)
-    weight = 1.0 + (options.object_weight - 1.0) * batch["objects"]  # [B,1,S,S]
-    per_pixel = F.smooth_l1_loss(ab / AB_LOSS_UNIT, batch["ab"] / AB_LOSS_UNIT, reduction="none", beta=1.0)
-    ab_loss = (per_pixel * weight).sum() / (weight.sum() * 2)
+    o = options.family_options
+    ab, ctr, _ = model.forward_train(batch["L"], batch["tokens"], pair_halves=o.counter_weight != 0.0)
+    ab_loss = ab_smooth_l1(ab, batch["ab"], batch["objects"], o.object_weight)
     ctr = ctr if ctr is not None else ab_loss.new_zeros(())
-    return {"ab": ab_loss, "ctr": ctr, "total": ab_loss + options.counter_weight * ctr}
+    return {"ab": ab_loss, "ctr": ctr, "total": ab_loss + o.counter_weight * ctr}

@@ -29,7 +29,9 @@ import torch
 from torch import nn
 
 from langcolor.client.lab import AB_SCALE, L_CENTER, L_SCALE
-from langcolor.client.spec import PAD_ID
+from langcolor.client.spec import PAD_ID, ModelGeometry
+
+from langcolor.export.layers import count_parameters, upsampling_body, xavier_init
 
 from .config import LCoDeConfig
 
@@ -186,25 +188,6 @@ class Fusion(nn.Module):
         return self.fuse(features, tokens)[0]
 
 
-def upsampling_body(c_in: int, channels: tuple[int, ...]) -> tuple[nn.Sequential, int]:
-    """Per entry: a stride-2 transposed conv (x2 in size) then a 3x3 conv, each with BN + ReLU.
-
-    Shared by the L-CoDe and L-CoIns decoders; returns the stack and its output channels.
-    """
-    layers: list[nn.Module] = []
-    for c_out in channels:
-        layers += [
-            nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1),
-            nn.BatchNorm2d(c_out),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c_out, c_out, 3, padding=1),
-            nn.BatchNorm2d(c_out),
-            nn.ReLU(inplace=True),
-        ]
-        c_in = c_out
-    return nn.Sequential(*layers), c_in
-
-
 class Decoder(nn.Module):
     """Stride-2 transposed convolutions back to S x S; tanh * AB_SCALE gives ab in Lab units."""
 
@@ -225,7 +208,7 @@ class LCoDe(nn.Module):
         self.encoder = Encoder(cfg)
         self.fusion = Fusion(cfg, vocab_size)
         self.decoder = Decoder(cfg)
-        self.apply(_xavier)
+        self.apply(xavier_init)
 
     def forward_train(self, L: torch.Tensor, tokens: torch.Tensor):
         """-> (ab [B,2,S,S], OCCM logits [B,T,T], pair mask [B,T,T])."""
@@ -242,13 +225,6 @@ class LCoDe(nn.Module):
         return self.cfg.geometry(self.vocab_size)
 
 
-def _xavier(module: nn.Module) -> None:
-    """The paper initialises everything outside the VGG backbone with Xavier; we train from scratch."""
-    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-        nn.init.xavier_uniform_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def build(cfg: LCoDeConfig, geometry: ModelGeometry) -> LCoDe:
+    """A freshly initialised network (torch's current seed decides the weights) for ``geometry``."""
+    return LCoDe(cfg, int(geometry.tokens.value_range[1]) + 1)

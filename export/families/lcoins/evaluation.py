@@ -1,0 +1,5 @@
+"""Evaluation on held-out synthetic scenes: the caption families' shared scorer."""
+
+from langcolor.export.evaluate import evaluate
+
+__all__ = ["evaluate"]
