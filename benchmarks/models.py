@@ -165,7 +165,7 @@ class BenchModel:
     def conditions(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """The condition tensors [B, ...]: the conditioner's for ``user_values`` (the same for every
         image of the batch), else random within each condition's declared range."""
-        specs = self.geometry.condition_specs
+        specs = self.geometry.request_inputs
         if self.user_values is not None:
             tensors = self.conditioner.condition(self.user_values).tensors
             if all(t.name in tensors for t in specs):
@@ -192,7 +192,7 @@ class BenchModel:
         out = {
             "family": self.family, "weights": self.weights, "repository": str(self.repository),
             "image_size": g.image_size, "feature_shape": list(g.feature_shape),
-            "conditions": {t.name: list(t.dims) for t in g.condition_specs},
+            "conditions": {t.name: list(t.dims) for t in g.request_inputs},
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "inputs": describe_values(self.user_values),
         }

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 import numpy as np
 
 from langcolor.client import families, names, photo
+from langcolor.client.colorizer import stack_feeds
 from langcolor.client.remote import RemoteStages
 from langcolor.client.spec import STAGES, stage_specs
 from langcolor.server.launcher import TritonServer, free_ports
@@ -183,13 +184,14 @@ def colorize_calls(rs: RemoteStages, bm: "BenchModel", image: bytes, values: Map
     geometry = bm.geometry
     wire = wire_values(bm.record, values)
 
+    codec = bm.record.image_codec
+
     def client_side() -> bytes:
-        prepared = photo.prepare(image, geometry.image_size)  # L [H,W] and [1,S,S]
+        prepared = codec.prepare(image, values, geometry)  # a Lab family: L [H,W] and [1,S,S]
         conditioned = bm.conditioner.condition(values)
-        feeds = {geometry.image.name: prepared.l_small[None]}  # [1,1,S,S]
-        feeds.update({t.name: np.asarray(conditioned.tensors[t.name])[None] for t in geometry.condition_specs})
-        ab = rs.infer(feeds)[geometry.outputs[0].name]  # [1,2,S,S]
-        return photo.encode(prepared, photo.finish(prepared, ab[0]), "PNG")
+        outputs = rs.infer(stack_feeds(geometry, [{**codec.feeds(prepared, geometry), **conditioned.tensors}]))
+        rgb, _ = codec.finish(prepared, {n: v[0] for n, v in outputs.items()})
+        return codec.encode(prepared, rgb, "PNG")
 
     def endpoint() -> bytes:
         return rs.colorize_bytes(image, model=model, **wire).data

@@ -147,7 +147,7 @@ def default_workload(model_repository: Path, family: str | None = None) -> Workl
         except LangcolorError as e:  # this family does not read this input; the others still load it
             log.info("%s: input %d refused (%s)", family, i, e)
             continue
-        conditions.append({t.name: np.asarray(tensors[t.name])[None] for t in geometry.condition_specs})  # [1, ...]
+        conditions.append({t.name: np.asarray(tensors[t.name])[None] for t in geometry.request_inputs})  # [1, ...]
         fields = {f.name: f for f in bundle.family.inputs}
         values.append({fields[k].tensor_name: (v.encode() if isinstance(v, str) else v) for k, v in given.items()})
     if not conditions:

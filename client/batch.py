@@ -38,7 +38,7 @@ from .errors import LangcolorError, ServerError, clip
 from .families import IMAGE, Note
 from .imageio import DEFAULT_MAX_PIXELS, encode_image, read_bytes
 from .outputs import write_atomic
-from .photo import Prepared, encode, finish
+from .colorizer import stack_feeds
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,8 @@ class _Ready:
     item: BatchItem
     input_sha256: str
     key: JobKey
-    prepared: Prepared | None = None  # in-process / ensemble
-    conditions: dict[str, np.ndarray] | None = None  # per sample
+    prepared: Any = None  # in-process / ensemble: the family's codec's prepared image
+    feeds: dict[str, np.ndarray] | None = None  # per sample: the image and the conditions
     notes: tuple[Note, ...] = ()
     data: bytes | None = None  # endpoint: the file's bytes
 
@@ -145,6 +145,7 @@ class _Pipeline:
         self.colorizer, self.records, self.report, self.options = colorizer, records, report, options
         self.weights = weights
         self.family = families.get(options.model)
+        self.codec = self.family.image_codec
         self.kinds = {f.name: f.kind for f in self.family.inputs}
         self.remote = colorizer.via == "endpoint"
         self.out_dir = Path(options.output).absolute()
@@ -187,8 +188,9 @@ class _Pipeline:
         if self.remote:
             return _Ready(item, sha, key, data=data)
         conditioned = self._condition(key.condition, inputs)  # CaptionError fails this image alone
-        prepared = self.colorizer.prepare(data)
-        return _Ready(item, sha, key, prepared, dict(conditioned.tensors), conditioned.notes)
+        prepared = self.colorizer.prepare(data, inputs)
+        feeds = {**self.codec.feeds(prepared, self.colorizer.geometry), **conditioned.tensors}
+        return _Ready(item, sha, key, prepared, feeds, conditioned.notes)
 
     def _infer(self, batch: list[_Ready]) -> list:
         if self.remote:  # each image to the endpoint, all in flight together
@@ -196,13 +198,8 @@ class _Pipeline:
             futures = [self.colorizer.submit_encoded(r.data, r.item.inputs or {}, fmt.get(r.item.out_format, "png"))
                        for r in batch]
             return [f.exception() or f.result() for f in futures]  # an image the server refused fails alone
-        geom = self.colorizer.geometry
-        feeds = {geom.image.name: np.stack([r.prepared.l_small for r in batch])}  # [B, 1, S, S]
-        for t in geom.condition_specs:
-            feeds[t.name] = np.stack([r.conditions[t.name] for r in batch])  # [B, ...]
-        ab = self.colorizer.infer(feeds)[geom.outputs[0].name]  # [B, 2, S, S]
-        assert ab.shape[0] == len(batch), (ab.shape, len(batch))
-        return list(ab)
+        outputs = self.colorizer.infer(stack_feeds(self.colorizer.geometry, [r.feeds for r in batch]))
+        return [{name: value[k] for name, value in outputs.items()} for k in range(len(batch))]
 
     def _finish(self, ready: _Ready, result) -> tuple[Note, ...]:
         if self.remote:
@@ -214,8 +211,8 @@ class _Pipeline:
                     rgb, exif, icc = np.asarray(im.convert("RGB")), im.info.get("exif"), im.info.get("icc_profile")
                 data = encode_image(rgb, ready.item.out_format, exif=exif, icc=icc)
         else:
-            rgb = finish(ready.prepared, result)  # [H, W, 3] uint8, original L
-            data, notes = encode(ready.prepared, rgb, ready.item.out_format), ready.notes
+            rgb, more = self.codec.finish(ready.prepared, result)  # [H, W, 3] uint8 (a Lab family: the original L)
+            data, notes = self.codec.encode(ready.prepared, rgb, ready.item.out_format), ready.notes + more
         write_atomic(self.out_dir / ready.item.out_rel, data, make_parents=True)
         self.records.add(ready.item.out_rel, ready.item.rel, ready.input_sha256, ready.key, len(data),
                          tuple(n.to_dict() for n in notes))
@@ -431,12 +428,11 @@ def benchmark_batch(
         if path.is_file() and path.suffix in (".png", ".jpg") and STATE_DIR not in path.parts:
             with Image.open(path) as im:  # header only
                 pixels += im.size[0] * im.size[1]
-    geom = colorizer.geometry
-    rng = np.random.default_rng(0)
-    feeds = {geom.image.name: rng.uniform(0, 100, (batch_size, *geom.image.dims)).astype(np.float32)}  # [B, 1, S, S]
-    conditioned = colorizer.condition(inputs)
-    for t in geom.condition_specs:
-        feeds[t.name] = np.repeat(conditioned.tensors[t.name][None], batch_size, 0)  # [B, ...]
+    # The model alone, on the first photo of the source prepared as the pipeline prepares it.
+    first = next(p for p in sorted(Path(source).rglob("*")) if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    one = {**colorizer.family.image_codec.feeds(colorizer.prepare(first.read_bytes(), inputs), colorizer.geometry),
+           **colorizer.condition(inputs).tensors}
+    feeds = stack_feeds(colorizer.geometry, [one] * batch_size)
     for _ in range(2):  # warm-up
         colorizer.infer(feeds)
     calls = max(3, summary.done // batch_size)

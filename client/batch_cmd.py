@@ -10,7 +10,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import families
 from .batch import DEFAULT_BATCH_SIZE, SERVER_IN_FLIGHT, BatchOptions, run_batch
-from .colorize_cmd import add_input_flags, add_server_flags
+from .colorize_cmd import add_input_flags
+from .connection import add_server_flags
 from .imageio import DEFAULT_MAX_PIXELS
 
 

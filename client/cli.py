@@ -24,6 +24,9 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+# A missing optional dependency -> the extra that installs it (pyproject.toml's optional-dependencies).
+EXTRAS = {"torch": "train", "onnx": "train", "pytriton": "serve", "matplotlib": "bench", "psutil": "bench"}
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("langcolor.export.train_cmd", "train a network on synthetic scenes or COCO-Stuff-style data"),
@@ -37,6 +40,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def commands() -> dict[str, tuple[str, str]]:
+    """The built-in subcommands and those a family brings (``Family.commands``)."""
+    from . import families
+
+    out = dict(COMMANDS)
+    for name in families.names():
+        for command, module in families.get(name).commands.items():
+            out.setdefault(command, (module, f"{families.get(name).summary} ({name})"))
+    return out
+
+
 def build_parser(selected: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="langcolor",
@@ -45,7 +59,7 @@ def build_parser(selected: str | None) -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, summary) in COMMANDS.items():
+    for name, (module, summary) in commands().items():
         p = sub.add_parser(name, help=summary, description=summary, formatter_class=_DefaultsFormatter)
         if name == selected:
             importlib.import_module(module).add_arguments(p)
@@ -53,7 +67,8 @@ def build_parser(selected: str | None) -> argparse.ArgumentParser:
 
 
 def _selected(argv: list[str]) -> str | None:
-    return next((a for a in argv if a in COMMANDS), None)
+    known = commands()
+    return next((a for a in argv if a in known), None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,11 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    module = importlib.import_module(COMMANDS[args.command][0])
     try:
+        module = importlib.import_module(commands()[args.command][0])
         return int(module.run(args) or 0)
     except LangcolorError as e:
         print(f"langcolor {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        extra = EXTRAS.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"langcolor {args.command}: error: this command needs {e.name}, which is not installed; "
+              f"install it with: pip install 'langcolor[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"langcolor {args.command}: interrupted", file=sys.stderr)

@@ -14,6 +14,7 @@ import argparse
 import time
 
 from . import families
+from .connection import add_server_flags
 from .imageio import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION
 
 RECONSTRUCT_THREADS = 2  # one photo: split its rows over two threads (the full-resolution step)
@@ -43,17 +44,6 @@ def given_inputs(args: argparse.Namespace, family: str) -> dict[str, str]:
     if missing:
         raise LangcolorError(f"model '{family}' needs {', '.join('--' + n for n in missing)}")
     return given
-
-
-def add_server_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=None, metavar="URL",
-                   help="use a Triton server instead of running in-process: grpc://HOST:PORT, http://HOST:PORT, "
-                   "or HOST:PORT with --protocol")
-    p.add_argument("--protocol", choices=("grpc", "http"), default=None,
-                   help="protocol for a bare HOST:PORT (default: grpc; a URL's scheme decides otherwise)")
-    p.add_argument("--via", choices=("endpoint", "ensemble"), default="endpoint",
-                   help="with --server: the colorize endpoint (bytes in, bytes out; no local model needed) or "
-                   "the family's ensemble (tensors; prepares the photo here, needs the model repository)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -28,7 +28,7 @@ from .errors import LangcolorError
 from .families import Note
 from .imageio import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION, encode_image, format_for_path, read_bytes
 from .outputs import check_output_path, write_atomic
-from .photo import Prepared, Source, finish, load, prepare
+from .photo import Source, load
 from .spec import ModelGeometry
 
 log = logging.getLogger(__name__)
@@ -136,8 +136,9 @@ class Colorizer:
         self._stages.close()
 
     # ------------------------------------------------------------------ steps
-    def prepare(self, source: Source) -> Prepared:
-        return prepare(source, self.geometry.image_size, self.max_pixels)
+    def prepare(self, source: Source, values: Mapping[str, Any] | None = None):
+        """The photo read by the family's codec (for a Lab family: its L planes and metadata)."""
+        return self.family.image_codec.prepare(source, values or {}, self.geometry, self.max_pixels)
 
     def condition(self, values: Mapping[str, Any]):
         """The user's inputs -> the family's condition tensors and notes (``LangcolorError`` if refused)."""
@@ -151,8 +152,9 @@ class Colorizer:
         """Batched ensemble inputs -> outputs (validated first, in-process or on the server's ensemble)."""
         return self._stages.infer(feeds)
 
-    def finish(self, prepared: Prepared, ab: np.ndarray, threads: int = 1) -> np.ndarray:
-        return finish(prepared, ab, threads=threads)
+    def finish(self, prepared, outputs: Mapping[str, np.ndarray], threads: int = 1) -> np.ndarray:
+        """One image's outputs -> uint8 [H, W, 3] at the input's size (the family's codec)."""
+        return self.family.image_codec.finish(prepared, outputs, threads=threads)[0]
 
     # ------------------------------------------------------------------ whole jobs
     def colorize(self, source: Source, caption: str | bytes | None = None, *, threads: int = 1,
@@ -170,18 +172,17 @@ class Colorizer:
         if self.via == "endpoint":
             return [self._colorize_remote(src, vals) for src, vals in items]
         conditioned = [self.condition(vals) for _, vals in items]
+        codec, geom = self.family.image_codec, self.geometry
         results: list[ColorizeResult] = []
         for start in range(0, len(items), batch_size):
             chunk = range(start, min(start + batch_size, len(items)))
-            prepared = [self.prepare(items[i][0]) for i in chunk]
-            feeds = {self.geometry.image.name: np.stack([p.l_small for p in prepared])}  # [B, 1, S, S]
-            for t in self.geometry.condition_specs:
-                feeds[t.name] = np.stack([conditioned[i].tensors[t.name] for i in chunk])  # [B, ...]
-            outputs = self.infer(feeds)
+            prepared = [self.prepare(*items[i]) for i in chunk]
+            outputs = self.infer(stack_feeds(geom, [{**codec.feeds(p, geom), **conditioned[i].tensors}
+                                                   for p, i in zip(prepared, chunk)]))
             for k, (p, i) in enumerate(zip(prepared, chunk)):
                 mine = {name: value[k] for name, value in outputs.items()}
-                rgb = self.finish(p, mine[names.AB], threads=threads)
-                results.append(ColorizeResult(rgb, conditioned[i].notes, mine, p.exif, p.icc))
+                rgb, notes = codec.finish(p, mine, threads=threads)
+                results.append(ColorizeResult(rgb, conditioned[i].notes + notes, mine, p.exif, p.icc))
         return results
 
     def _wire(self, values: Mapping[str, Any]) -> dict[str, bytes]:
@@ -225,3 +226,11 @@ class Colorizer:
                             jpeg_quality=jpeg_quality)
         return write_atomic(path, data)
 
+
+
+def stack_feeds(geom: ModelGeometry, per_image: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One request's per-image tensors (each without the batch axis) -> the batched feeds the family's
+    model takes: the image and every request input, in the declared order."""
+    from .spec import ensemble_spec
+
+    return {t.name: np.stack([feeds[t.name] for feeds in per_image]) for t in ensemble_spec(geom).inputs}

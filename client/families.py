@@ -114,6 +114,13 @@ class Family:
     # (geometry, asset files) -> the client-side conditioner
     conditioner: Callable[[ModelGeometry, Mapping[str, bytes]], Conditioner]
     training_options: type | None = None  # frozen dataclass of the family's training knobs (torch-free)
+    # How its image is read and its answer written (photo.LabCodec when None): a line-drawing family
+    # brings its own. prepare(source, values, geometry) / feeds / finish(prepared, outputs) / encode.
+    codec: Any = None
+    # A family whose stages run in a loop (a sampler): driver.run(call_stage, feeds, geometry) -> outputs,
+    # numpy only; it runs in-process and in the served Python model named like the family.
+    driver: Any = None
+    commands: Mapping[str, str] = field(default_factory=dict)  # extra `langcolor` subcommands: name -> module
     package: str = ""  # the family's package; network / training / evaluation are its submodules
     parts: Mapping[str, Any] = field(default_factory=dict)  # objects standing in for those submodules, by name
 
@@ -124,6 +131,12 @@ class Family:
     @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.inputs)
+
+    @property
+    def image_codec(self):
+        from .photo import LAB
+
+        return self.codec if self.codec is not None else LAB
 
     def config(self, name: str) -> Any:
         try:

@@ -45,8 +45,8 @@ def describe(name: str, repository) -> dict:
         "config": bundle.manifest.config,
         "image_size": g.image_size,
         "conditions": [{"name": t.name, "dtype": t.dtype, "shape": list(t.dims),
-                        "range": list(t.value_range) if t.value_range else None} for t in g.condition_specs],
-        "outputs": [t.name for t in g.outputs],
+                        "range": list(t.value_range) if t.value_range else None} for t in g.request_inputs],
+        "outputs": [t.name for t in g.request_outputs],
         "weights_sha256": bundle.manifest.weights_sha256,
         **bundle.conditioner.describe(),
     })

@@ -76,3 +76,28 @@ def encode(prepared: Prepared, rgb: np.ndarray, format: str = "PNG", png_compres
     """uint8 ``[H, W, 3]`` -> file bytes in ``format``, with the input's EXIF and ICC."""
     return encode_image(rgb, format, exif=prepared.exif, icc=prepared.icc, png_compression=png_compression,
                         jpeg_quality=jpeg_quality)
+
+
+class LabCodec:
+    """How a Lab family reads its photograph and writes its answer: ``prepare`` and ``finish`` above.
+
+    Every caller goes through a family's codec (``Family.codec``, this one unless the family says
+    otherwise): ``prepare(source, values, geometry)`` -> a prepared image, ``feeds`` -> the tensors it
+    contributes to a request (the image at S), ``finish(prepared, outputs)`` -> (RGB, notes),
+    ``encode`` -> file bytes. A family whose input is not a photograph (a line drawing) brings its own.
+    """
+
+    def prepare(self, source: Source, values, geometry, max_pixels: int = DEFAULT_MAX_PIXELS) -> Prepared:
+        return prepare(source, geometry.image_size, max_pixels)
+
+    def feeds(self, prepared: Prepared, geometry) -> dict[str, np.ndarray]:
+        return {geometry.image.name: prepared.l_small}  # [1, S, S]
+
+    def finish(self, prepared: Prepared, outputs, threads: int = 1) -> tuple[np.ndarray, tuple]:
+        return finish(prepared, outputs["AB"], threads=threads), ()
+
+    def encode(self, prepared: Prepared, rgb: np.ndarray, format: str = "PNG", **options) -> bytes:
+        return encode(prepared, rgb, format, **options)
+
+
+LAB = LabCodec()

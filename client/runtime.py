@@ -205,6 +205,7 @@ class OnnxStages:
             raise ModelNotFoundError("this ModelBundle was loaded without its stage files (stages=False)")
         self.geometry = bundle.geometry
         self.specs = bundle.specs
+        self.driver = bundle.family.driver  # a family whose stages run in a loop; None: one chain
         opts, providers = session_options(intra_op_threads), providers_for(device)
         self._sessions = {s: open_session(bundle.stage_paths[s], self.specs[s], opts, providers) for s in STAGES}
 
@@ -224,8 +225,11 @@ class OnnxStages:
         return dict(zip(spec.output_names, outs))
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The ensemble's inputs (image + conditions, batched) -> the decoder's outputs, validated first."""
+        """A request's inputs (the image and the request inputs, batched) -> its outputs, validated
+        first: the stages chained once, or run by the family's driver."""
         check_inputs(feeds, self.geometry)
+        if self.driver is not None:
+            return self.driver.run(self.run_stage, dict(feeds), self.geometry)
         tensors = dict(feeds)
         for stage in STAGES:
             tensors.update(self.run_stage(stage, tensors))

@@ -156,6 +156,24 @@ class StageSpec:
 
 
 @dataclass(frozen=True)
+class Serving:
+    """A family whose stages run in a loop (a sampler, say) rather than once in a chain: it is served
+    by its driver (``Family.driver``), in-process and as a Python model named like the family, with
+    this request contract instead of an ensemble's."""
+
+    inputs: tuple[TensorSpec, ...]  # what a request carries beside the image
+    outputs: tuple[TensorSpec, ...]  # the colour (AB) first
+
+    def to_dict(self) -> dict:
+        return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "Serving":
+        return cls(tuple(TensorSpec.from_dict(t) for t in raw["inputs"]),
+                   tuple(TensorSpec.from_dict(t) for t in raw["outputs"]))
+
+
+@dataclass(frozen=True)
 class ModelGeometry:
     """What the outside world must know about a trained network, without torch: its tensor contract.
 
@@ -171,6 +189,7 @@ class ModelGeometry:
     features: tuple[TensorSpec, ...]
     modulated: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    serving: Serving | None = None  # a driven family's request contract; None: served as an ensemble
 
     def __post_init__(self) -> None:
         assert self.image_size > 0 and self.outputs, self
@@ -180,6 +199,17 @@ class ModelGeometry:
     @property
     def condition_specs(self) -> tuple[TensorSpec, ...]:
         return tuple(c.tensor for c in self.conditions)
+
+    @property
+    def request_inputs(self) -> tuple[TensorSpec, ...]:
+        """What a request to the family carries beside the image: its conditions, or a driven
+        family's own request inputs (a seed, a temperature, ...)."""
+        return self.serving.inputs if self.serving is not None else self.condition_specs
+
+    @property
+    def request_outputs(self) -> tuple[TensorSpec, ...]:
+        """What a request to the family answers, the colour (``AB``) first."""
+        return self.serving.outputs if self.serving is not None else self.outputs
 
     @property
     def tokens(self) -> TensorSpec | None:
@@ -215,6 +245,7 @@ class ModelGeometry:
             "features": [t.to_dict() for t in self.features],
             "modulated": [t.to_dict() for t in self.modulated],
             "outputs": [t.to_dict() for t in self.outputs],
+            **({"serving": self.serving.to_dict()} if self.serving is not None else {}),
         }
 
     @classmethod
@@ -224,8 +255,9 @@ class ModelGeometry:
                                     int(raw["vocab_size"]), tuple(raw["feature_shape"]))
         specs = lambda key: tuple(TensorSpec.from_dict(t) for t in raw[key])  # noqa: E731
         conditions = tuple(Condition(TensorSpec.from_dict(c["tensor"]), c["stage"]) for c in raw["conditions"])
+        serving = Serving.from_dict(raw["serving"]) if raw.get("serving") else None
         return cls(raw["family"], int(raw["image_size"]), TensorSpec.from_dict(raw["image"]), conditions,
-                   specs("features"), specs("modulated"), specs("outputs"))
+                   specs("features"), specs("modulated"), specs("outputs"), serving)
 
 
 def caption_geometry(
@@ -254,8 +286,9 @@ def stage_specs(geom: ModelGeometry) -> dict[str, StageSpec]:
 
 
 def ensemble_spec(geom: ModelGeometry) -> StageSpec:
-    """The ``<family>`` ensemble: the image and every condition in, the decoder's outputs out."""
-    return StageSpec(geom.family, "ensemble", (geom.image, *geom.condition_specs), geom.outputs)
+    """What the model named like the family takes and answers: the ensemble's image and conditions
+    -> the decoder's outputs, or a driven family's request contract."""
+    return StageSpec(geom.family, "ensemble", (geom.image, *geom.request_inputs), geom.request_outputs)
 
 
 MANIFEST_FILE = "langcolor.json"  # in model_repository/<family>/1/, beside the conditioner's assets

@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
           f"{', '.join(r.manifest.geometry.family for r in repos)}; colorize defaults to {repos[0].manifest.geometry.family}")
     for repo in repos:
         g = repo.manifest.geometry
-        inputs = ", ".join(f"{t.name} {list(t.dims)}" for t in (g.image, *g.condition_specs))
-        print(f"{g.family}: {inputs} -> {', '.join(t.name for t in g.outputs)}; parity against PyTorch "
+        inputs = ", ".join(f"{t.name} {list(t.dims)}" for t in (g.image, *g.request_inputs))
+        print(f"{g.family}: {inputs} -> {', '.join(t.name for t in g.request_outputs)}; parity against PyTorch "
               "(onnxruntime CPU, FP32):")
         for line in repo.parity.summary_lines():
             print("  " + line)

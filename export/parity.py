@@ -36,6 +36,7 @@ BATCH_SIZES = (1, 3, 8)
 # (|ab| <= 110), where 1e-3 is far below one 8-bit RGB step (~0.4 Lab units).
 DEFAULT_ATOL = 1e-3
 PIPELINE = "pipeline"  # pseudo-stage: encoder -> fusion -> decoder chained in onnxruntime
+DRIVER = "driver"  # pseudo-stage: a driven family's loop over the ONNX stages vs over the PyTorch ones
 
 
 @dataclass(frozen=True)
@@ -192,8 +193,13 @@ def validate_export(
     batch_sizes: tuple[int, ...] = BATCH_SIZES,
     atol: float = DEFAULT_ATOL,
     seed: int = 0,
+    driver=None,
 ) -> ParityReport:
     """Check every stage file against its module; raise ``ExportParityError`` listing every failure.
+
+    For a driven family (``driver``), the driver also runs once per batch size on the PyTorch stages
+    and once on the ONNX files, from the same request inputs, and its outputs are compared (stage
+    name ``driver``).
 
     Conditions are sampled from their specs once per batch size; a tokens-kind condition is run at
     every caption length 1..T (rows of one batch mixing lengths), in the stage that takes it."""
@@ -230,6 +236,14 @@ def validate_export(
             chained.update(checker.onnx_run(stage, chained))
         for name in specs["decoder"].output_names:
             checker.compare(PIPELINE, name, feeds[name], chained.get(name), last_lengths, batch)
+        if driver is not None:
+            request = {geom.image.name: given[geom.image.name]}
+            request.update({t.name: sample_input(t, batch, rng) for t in geom.request_inputs})
+            ref = driver.run(lambda stage, f: dict(zip(specs[stage].output_names, _torch_run(
+                modules[stage], specs[stage], f))), dict(request), geom)
+            got = driver.run(lambda stage, f: checker.onnx_run(stage, f), dict(request), geom)
+            for t in geom.request_outputs:
+                checker.compare(DRIVER, t.name, ref[t.name], got.get(t.name), (), batch)
     report = ParityReport(geom.family, atol, tuple(batch_sizes), T, tuple(checker.checks))
     log.info(
         "parity vs PyTorch (atol %.0e): %s",

@@ -3,7 +3,8 @@
 Layout, per family ``<f>``::
 
     <f>_encoder/config.pbtxt, 1/model.onnx      (and <f>_fusion, <f>_decoder)
-    <f>/config.pbtxt                            the ensemble: image + conditions -> outputs
+    <f>/config.pbtxt                            the ensemble: image + conditions -> outputs (a driven
+                                                family: the langcolor backend running its driver)
     <f>/1/langcolor.json                        ModelManifest (geometry, weights hash, assets' hashes)
     <f>/1/<asset>                               the conditioner's files (a caption family's tokenizer.json)
     <f>/1/parity.json                           the export's parity figures (Triton ignores the file)
@@ -38,7 +39,16 @@ from langcolor.client.spec import MANIFEST_FILE, STAGES, ModelManifest, stage_sp
 from .checkpoint import Checkpoint
 from .onnx_export import OPSET, export_stages
 from .parity import ParityReport, validate_export
-from .triton_config import CONFIG_FILE, ONNX_FILE, Target, colorize_config, ensemble_config, stage_config, to_text
+from .triton_config import (
+    CONFIG_FILE,
+    ONNX_FILE,
+    Target,
+    colorize_config,
+    ensemble_config,
+    pipeline_config,
+    stage_config,
+    to_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +115,7 @@ def _write_family(tmp: Path, entry: ExportEntry, target: Target) -> ExportedRepo
     modules = {stage: getattr(model, stage) for stage in STAGES}
     onnx_paths = {s: tmp / specs[s].model_name / VERSION / ONNX_FILE for s in STAGES}
     export_stages(modules, specs, onnx_paths)
-    parity = validate_export(modules, specs, onnx_paths, geom)
+    parity = validate_export(modules, specs, onnx_paths, geom, driver=record.driver)
     for stage in STAGES:
         _write(tmp / specs[stage].model_name / CONFIG_FILE, to_text(stage_config(specs[stage], target)))
     assets = {name: hashlib.sha256(data).hexdigest() for name, data in blobs.items()}
@@ -114,7 +124,8 @@ def _write_family(tmp: Path, entry: ExportEntry, target: Target) -> ExportedRepo
         extra={"git_revision": git_revision(), "onnx_opset": OPSET, "backend": target.backend, **entry.extra},
     )
     family_dir = tmp / geom.family
-    _write(family_dir / CONFIG_FILE, to_text(ensemble_config(geom, target, assets, entry.weights_sha256)))
+    entry_config = pipeline_config if record.driver is not None else ensemble_config
+    _write(family_dir / CONFIG_FILE, to_text(entry_config(geom, target, assets, entry.weights_sha256)))
     _write(family_dir / VERSION / MANIFEST_FILE, manifest.to_json() + "\n")
     for name, data in blobs.items():
         _write(family_dir / VERSION / name, data)

@@ -22,7 +22,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -30,7 +30,8 @@ from langcolor.client import families, names
 from langcolor.client.errors import LangcolorError, ModelNotFoundError, clip
 from langcolor.client.families import Conditioner, Note
 from langcolor.client.imageio import DEFAULT_MAX_PIXELS
-from langcolor.client.photo import Prepared, encode, finish, prepare
+from langcolor.client.colorizer import stack_feeds
+from langcolor.client.photo import LAB
 from langcolor.client.runtime import ModelBundle
 from langcolor.client.spec import ModelGeometry
 
@@ -49,25 +50,26 @@ FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG"}
 class Served:
     """What the endpoint needs of one family it serves."""
 
-    name: str  # the ensemble's model name, what MODEL says
+    name: str  # the model named like the family (ensemble or driver), what MODEL says
     geometry: ModelGeometry
     conditioner: Conditioner
     fields: Mapping[str, families.InputField]  # tensor name -> the user input it carries
+    codec: Any = LAB  # how its images are read and its answers written
 
 
 def load_served(repository: Path, name: str) -> Served:
     """``<repository>/<name>/1``'s manifest and assets, checked as the in-process client checks them."""
     bundle = ModelBundle.load(repository, name, stages=False)  # ModelNotFoundError names the problem
     fields = {f.tensor_name: f for f in bundle.family.inputs}
-    return Served(name, bundle.geometry, bundle.conditioner, fields)
+    return Served(name, bundle.geometry, bundle.conditioner, fields, bundle.family.image_codec)
 
 
 @dataclass(frozen=True)
 class ParsedItem:
-    """One image of one request, decoded and conditioned, ready for its family's ensemble."""
+    """One image of one request, decoded and conditioned, ready for its family's model."""
 
-    prepared: Prepared
-    conditions: Mapping[str, np.ndarray]  # per sample, no batch axis
+    prepared: Any  # the family codec's prepared image
+    feeds: Mapping[str, np.ndarray]  # per sample, no batch axis: the image and the request's inputs
     notes: tuple[Note, ...]
     family: str
     format: str  # "PNG" or "JPEG"
@@ -152,10 +154,11 @@ def parse_request(
                                      + "; ".join(fam.fields[t].help for t in missing))
             values = {fam.fields[t].name: per_item[t][k] for t in given}  # text as UTF-8 bytes, images as files
             conditioned = fam.conditioner.condition(values)  # CaptionError, ImageError, ... name the problem
-            prepared = prepare(images[k], fam.geometry.image_size, max_pixels)  # ImageError names the problem
+            prepared = fam.codec.prepare(images[k], values, fam.geometry, max_pixels)  # ImageError names the problem
         except LangcolorError as e:
             raise type(e)(clip(f"{where}{e}")) from e
-        items.append(ParsedItem(prepared, conditioned.tensors, conditioned.notes, fam.name, FORMATS[formats[k]]))
+        feeds = {**fam.codec.feeds(prepared, fam.geometry), **conditioned.tensors}
+        items.append(ParsedItem(prepared, feeds, conditioned.notes, fam.name, FORMATS[formats[k]]))
     return items
 
 
@@ -198,21 +201,21 @@ class ColorizeModel:
         return [_Item(index, k, p) for k, p in enumerate(parsed)]
 
     async def _infer(self, family: str, items: list[_Item]) -> dict[str, np.ndarray]:
-        """The ensemble's outputs for ``items`` (n <= chunk, all of ``family``)."""
+        """The outputs of the model named ``family`` (its ensemble or driver) for ``items`` (n <= chunk)."""
         geom = self.served[family].geometry
-        tensors = [pb_utils.Tensor(geom.image.name, np.stack([it.parsed.prepared.l_small for it in items]))]
-        for t in geom.condition_specs:
-            tensors.append(pb_utils.Tensor(t.name, np.stack([it.parsed.conditions[t.name] for it in items])))
+        feeds = stack_feeds(geom, [it.parsed.feeds for it in items])
+        wanted = [t.name for t in geom.request_outputs]
         kwargs = {}
         if hasattr(pb_utils, "PreferredMemory"):  # ask for the outputs in CPU memory even when the stages run on GPU
             kwargs["preferred_memory"] = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
         request = pb_utils.InferenceRequest(
-            model_name=family, requested_output_names=[names.AB], inputs=tensors, **kwargs,
+            model_name=family, requested_output_names=wanted,
+            inputs=[pb_utils.Tensor(name, array) for name, array in feeds.items()], **kwargs,
         )
         response = await request.async_exec()
         if response.has_error():
             raise LangcolorError(f"{family}: {response.error().message()}")
-        return {names.AB: pb_utils.get_output_tensor_by_name(response, names.AB).as_numpy()}  # [n, 2, S, S]
+        return {n: pb_utils.get_output_tensor_by_name(response, n).as_numpy() for n in wanted}  # [n, ...] each
 
     async def execute(self, requests: list) -> list:
         errors: dict[int, str] = {}
@@ -245,9 +248,10 @@ class ColorizeModel:
                     continue
                 try:
                     p = item.parsed
-                    rgb = finish(p.prepared, out[names.AB][k])  # [H, W, 3] uint8, L from the original
-                    notes = json.dumps([n.to_dict() for n in p.notes]).encode("utf-8")
-                    outputs[i][item.item_index] = (encode(p.prepared, rgb, p.format), notes)
+                    codec = self.served[p.family].codec
+                    rgb, more = codec.finish(p.prepared, {n: v[k] for n, v in out.items()})  # [H, W, 3] uint8
+                    notes = json.dumps([n.to_dict() for n in p.notes + more]).encode("utf-8")
+                    outputs[i][item.item_index] = (codec.encode(p.prepared, rgb, p.format), notes)
                 except LangcolorError as e:
                     errors[i] = str(e)
                 except Exception as e:

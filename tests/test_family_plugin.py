@@ -210,3 +210,149 @@ def test_the_family_is_served_through_its_ensemble_and_the_endpoint(family, repo
                     remote.colorize_bytes(first, caption="a red circle", model=NAME, second=second)
             thin = Colorizer(model=NAME, server=url).colorize(first, second=second)  # no local model at all
             assert np.abs(thin.rgb.astype(int) - want.rgb.astype(int)).max() <= 1
+
+
+# ------------------------------------------------------------------------------ a driven family
+LOOP = "looptest"
+SEED = InputField("seed", families.TEXT, "the sampler's seed", required=False)
+STEPS = 3
+
+
+def loop_geometry(cfg: PairConfig, assets: Mapping[str, bytes]) -> ModelGeometry:
+    """encoder L -> LOOP_FEATURES; fusion -> LOOP_COND; decoder (LOOP_COND, CANVAS) -> STEP, run
+    STEPS times by the driver; a request carries SEED and answers AB."""
+    from langcolor.client.spec import Serving
+
+    s, q = cfg.image_size, cfg.image_size // 4
+    canvas = TensorSpec("CANVAS", "float32", (BATCH, 2, s, s), (-AB_SCALE, AB_SCALE))
+    feats = TensorSpec("LOOP_FEATURES", "float32", (BATCH, cfg.width, q, q))
+    cond = TensorSpec("LOOP_COND", "float32", (BATCH, cfg.width, q, q))
+    step = TensorSpec("STEP", "float32", (BATCH, 2, s, s))
+    seed = TensorSpec("SEED", "int64", (BATCH, 1), (0, 2**31 - 1))
+    serving = Serving((seed,), (ab_output(s),))
+    return ModelGeometry(LOOP, s, image_l(s), (Condition(canvas, "decoder"),), (feats,), (cond,), (step,), serving)
+
+
+class LoopDecoder(nn.Module):
+    def __init__(self, cfg: PairConfig):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(cfg.width, 2, 4, stride=4)
+        self.mix = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, cond: torch.Tensor, canvas: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.up(cond) + self.mix(canvas / AB_SCALE)) * 20.0  # [B,2,S,S]
+
+
+class LoopNet(nn.Module):
+    def __init__(self, cfg: PairConfig, geom: ModelGeometry):
+        super().__init__()
+        self.cfg, self.geometry = cfg, geom
+        self.encoder, self.fusion, self.decoder = _LoopEncoder(cfg), Fusion(cfg), LoopDecoder(cfg)
+
+
+class _LoopEncoder(Encoder):
+    def __init__(self, cfg: PairConfig):
+        nn.Module.__init__(self)
+        self.conv = nn.Conv2d(1, cfg.width, 4, stride=4)
+
+    def forward(self, L: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(L / 50.0 - 1.0))
+
+
+class LoopDriver:
+    """A stand-in sampler: the decoder runs STEPS times on its own canvas, plus seeded noise."""
+
+    def run(self, call_stage, feeds: dict, geometry: ModelGeometry) -> dict:
+        feeds.update(call_stage("encoder", feeds))
+        feeds.update(call_stage("fusion", feeds))
+        canvas = np.zeros((feeds["L"].shape[0], 2, geometry.image_size, geometry.image_size), np.float32)
+        for i in range(STEPS):
+            step = call_stage("decoder", {**feeds, "CANVAS": canvas})["STEP"]
+            for b, seed in enumerate(feeds["SEED"][:, 0]):  # each image its own stream: batching changes nothing
+                noise = np.random.default_rng([int(seed), i]).normal(0, 5, step.shape[1:])
+                canvas[b] = np.clip(canvas[b] + step[b] + noise, -AB_SCALE, AB_SCALE)
+        return {"AB": canvas}
+
+
+class SeedConditioner:
+    def condition(self, values: Mapping[str, Any]) -> Conditioned:
+        raw = values.get("seed", 0)
+        raw = raw.decode() if isinstance(raw, bytes) else raw
+        try:
+            seed = int(raw)
+        except (TypeError, ValueError) as e:
+            raise ImageError(f"seed must be an integer, got {raw!r}") from e
+        return Conditioned({"SEED": np.array([seed], np.int64)})
+
+    def describe(self) -> dict:
+        return {}
+
+
+def _loop_batch(cfg: PairConfig, step: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(step)
+    return {"L": torch.rand(2, 1, cfg.image_size, cfg.image_size, generator=g) * 100}
+
+
+def _loop_loss(model, batch, options):
+    cond = model.fusion(model.encoder(batch["L"]))
+    out = model.decoder(cond, torch.zeros(2, 2, model.cfg.image_size, model.cfg.image_size))
+    return {"total": out.abs().mean()}
+
+
+def register_loop_family() -> Family:
+    return families.register(Family(
+        name=LOOP, title="a test family", summary="a seeded loop over its decoder", inputs=(SEED,),
+        configs={"tiny": PairConfig("tiny", 16, 4)}, config_from_dict=lambda raw: PairConfig(**raw),
+        geometry=loop_geometry, conditioner=lambda geom, assets: SeedConditioner(), driver=LoopDriver(),
+        parts={"network": SimpleNamespace(build=lambda cfg, geom: LoopNet(cfg, geom)),
+               "training": SimpleNamespace(make_assets=lambda cfg, o: {}, losses=_loop_loss,
+                                           data_source=lambda cfg, c, o: (lambda step: _loop_batch(cfg, step)))},
+    ))
+
+
+@pytest.fixture(scope="module")
+def loop_repository(tmp_path_factory):
+    from langcolor.export.checkpoint import load_checkpoint
+    from langcolor.export.train import TrainOptions, train
+    from langcolor.export.triton_repo import ExportEntry, write_repository
+
+    register_loop_family()
+    try:
+        result = train(TrainOptions(config="tiny", steps=2, batch_size=2, family=LOOP, checkpoint_every=2),
+                       tmp_path_factory.mktemp("loop_run"), progress=False)
+        root = tmp_path_factory.mktemp("loop_repo") / "repo"
+        (exported,) = write_repository([ExportEntry.from_checkpoint(load_checkpoint(result.weights))], root)
+        yield root, exported
+    finally:
+        families.unregister(LOOP)
+
+
+def test_a_driven_family_exports_with_driver_parity_and_runs_in_process(loop_repository):
+    from langcolor.client.colorizer import Colorizer
+
+    root, exported = loop_repository
+    worst = exported.parity.worst()
+    assert "driver.AB" in worst and worst["driver.AB"] <= exported.parity.tolerance
+    first, _ = _photos()
+    col = Colorizer(model=LOOP, model_repository=root)
+    a, b, a2 = col.colorize(first, seed="1"), col.colorize(first, seed="2"), col.colorize(first, seed="1")
+    assert np.array_equal(a.rgb, a2.rgb) and np.abs(a.ab_small - b.ab_small).mean() > 0.5  # seeded, diverse
+    many = col.colorize_many([(first, {"seed": "2"}), (first, {"seed": "1"})])  # batched: each its own stream
+    assert np.array_equal(many[0].rgb, b.rgb) and np.array_equal(many[1].rgb, a.rgb)
+
+
+@pytest.mark.server
+def test_a_driven_family_is_served_by_its_driver_with_the_same_samples(loop_repository, monkeypatch, tmp_path):
+    from langcolor.client.colorizer import Colorizer
+    from langcolor.server.launcher import TritonServer, free_ports
+
+    root, _ = loop_repository  # the fixture keeps the family registered in this process
+    monkeypatch.setenv(families.ENV_MODULES, f"{__name__}:register_loop_family")
+    first, _ = _photos()
+    want = Colorizer(model=LOOP, model_repository=root).colorize(first, seed="7")
+    http, grpc, metrics = free_ports(3)
+    with TritonServer(root, http_port=http, grpc_port=grpc, metrics_port=metrics, log_path=tmp_path / "t.log") as server:
+        url = f"grpc://{server.endpoints.grpc_url}"
+        thin = Colorizer(model=LOOP, server=url).colorize(first, seed="7")
+        tensors = Colorizer(model=LOOP, server=url, model_repository=root, via="ensemble").colorize(first, seed="7")
+    assert np.array_equal(thin.rgb, want.rgb) and np.array_equal(tensors.rgb, want.rgb)

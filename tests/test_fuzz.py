@@ -290,6 +290,7 @@ def test_colorize_request_parser_ends_in_items_or_langcolor_error(tokenizer, fam
         assert np.isfinite(p.l_full).all() and p.l_full.min() >= 0.0 and p.l_full.max() <= 100.0
         assert p.l_small.shape == (1, size, size) and p.l_small.dtype == np.float32
         assert np.isfinite(p.l_small).all() and p.l_small.min() >= 0.0 and p.l_small.max() <= 100.0
-        tokens = item.conditions["TOKENS"]
+        tokens = item.feeds["TOKENS"]
+        assert np.array_equal(item.feeds["L"], p.l_small)
         assert tokens.shape == (tok.max_tokens,)
         assert tokens.max() < tok.vocab_size and item.format == "PNG"
