@@ -20,6 +20,16 @@ export), and tests can still load/unload a model through the repository API (``n
 ``--exit-on-error=false`` keeps the server up when one model fails so we can ask Triton *why*
 (the repository index carries the reason); ``--strict-readiness`` makes ``/v2/health/ready`` false
 while any model is not ready.
+
+An API key turns on Triton's restricted APIs (``--http-restricted-api``, ``--grpc-restricted-protocol``)
+in two groups, both read from ``Authorization: Bearer <key>`` (gRPC metadata
+``triton-grpc-protocol-authorization``): inference, metadata, model config and statistics take the
+API key; model-repository control, logging, trace and shared memory take the admin key, which is a
+random one known only to this process unless the operator gives one, so that nobody else can load
+or unload a model or point a log somewhere. Health stays open for probes. Triton 2.51 reads these
+options only from its command line, so the keys are in ``tritonserver``'s argv (visible to local
+users in a process listing; a container's PID namespace hides it from the host's other users);
+nothing of ours logs or prints them.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import hashlib
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -38,6 +49,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from langcolor.client.connection import SECRET_ENV, ApiKey, check_private_file
 from langcolor.client.errors import ModelNotFoundError, ServerError
 from langcolor.client.names import BACKEND
 
@@ -51,6 +63,11 @@ EXIT_TIMEOUT_S = 15
 STOP_GRACE_S = 15.0  # after the exit timeout, before SIGKILL: unloading takes a few seconds
 # The langcolor Python-based backend's model.py, installed as backends/langcolor/model.py.
 BACKEND_SHIM = Path(__file__).resolve().parent / "backend" / "model.py"
+# Triton's restricted-API groups (health is never restricted: probes need it; metrics cannot be).
+USER_APIS = ("inference", "metadata", "model-config", "statistics")
+ADMIN_APIS = ("model-repository", "logging", "trace", "shared-memory")
+KEY_HEADER = "Authorization"  # gRPC: triton-grpc-protocol-authorization
+ADMIN_ENV = ("LANGCOLOR_ADMIN_KEY_FILE",)
 
 
 class ModelLoadError(ServerError):
@@ -180,8 +197,43 @@ class TritonDist:
         return target
 
 
+@dataclass(frozen=True)
+class GrpcTls:
+    """Triton's own gRPC TLS: its certificate and key (PEM files) and, for mutual TLS, the CA whose
+    client certificates it accepts."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cert", "key", "client_ca"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value).resolve())
+                if not Path(value).is_file():
+                    raise ServerError(f"gRPC TLS {name.replace('_', ' ')} file {value} does not exist")
+        check_private_file(self.key, "gRPC TLS private key")
+
+    def flags(self) -> list[str]:
+        flags = ["--grpc-use-ssl=true", f"--grpc-server-cert={self.cert}", f"--grpc-server-key={self.key}"]
+        if self.client_ca is not None:
+            flags += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={self.client_ca}"]
+        return flags
+
+
+def restricted_flags(apis: tuple[str, ...], key: ApiKey) -> list[str]:
+    """Triton's options putting ``apis`` behind ``Authorization: Bearer <key>`` on both protocols (the
+    syntax is ``<apis>:<header>=<value>``; its --help text shows a comma where the parser wants ':')."""
+    listed = ",".join(apis)
+    return [f"--http-restricted-api={listed}:{KEY_HEADER}={key.bearer()}",
+            f"--grpc-restricted-protocol={listed}:{KEY_HEADER.lower()}={key.bearer()}"]
+
+
 def server_environment(dist: TritonDist) -> dict[str, str]:
     env = os.environ.copy()
+    for name in SECRET_ENV + ADMIN_ENV:  # the models have no use for the keys
+        env.pop(name, None)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(dist.libs), env.get("LD_LIBRARY_PATH", "")) if p)
     env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
     paths = [p for p in sys.path if p and Path(p).exists()]
@@ -219,6 +271,9 @@ class TritonServer:
         log_verbose: int = 0,
         allow_failed: bool = False,
         extra_args: tuple[str, ...] = (),
+        api_key: ApiKey | str | None = None,
+        admin_key: ApiKey | str | None = None,
+        grpc_tls: GrpcTls | None = None,
     ):
         self.model_repository = Path(model_repository).resolve()
         self.endpoints = Endpoints(host, http_port, grpc_port, metrics_port)
@@ -234,6 +289,14 @@ class TritonServer:
         # allow_failed: start() returns with failed models listed here instead of raising (fault tests).
         self.allow_failed = allow_failed
         self.failed: tuple[ModelState, ...] = ()
+        self.api_key = ApiKey.of(api_key)
+        # With an API key the admin APIs are never left open: without an admin key of the operator's,
+        # they take a random one that only this process holds (for its own readiness polling).
+        admin = ApiKey.of(admin_key)
+        if admin is None and self.api_key is not None:
+            admin = ApiKey(secrets.token_urlsafe(32))
+        self.admin_key = admin
+        self.grpc_tls = grpc_tls
 
     # -- lifecycle -------------------------------------------------------------------------------
     def command(self, backend_dir: Path, binary: Path) -> list[str]:
@@ -254,8 +317,23 @@ class TritonServer:
             "--strict-readiness=true",
             f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--log-verbose={self.log_verbose}",
+            *(restricted_flags(USER_APIS, self.api_key) if self.api_key else ()),
+            *(restricted_flags(ADMIN_APIS, self.admin_key) if self.admin_key else ()),
+            *(self.grpc_tls.flags() if self.grpc_tls else ()),
             *self.extra_args,
         ]
+
+    @property
+    def admin_headers(self) -> dict[str, str] | None:
+        """What an HTTP call to the repository, logging or trace APIs carries (None: they are open)."""
+        return {KEY_HEADER: self.admin_key.bearer()} if self.admin_key else None
+
+    def redact(self, text: str) -> str:
+        """``text`` with every key this server holds replaced by ``<hidden>``."""
+        for key in (self.api_key, self.admin_key):
+            if key is not None:
+                text = text.replace(key.reveal(), "<hidden>")
+        return text
 
     def start(self) -> "TritonServer":
         if not self.model_repository.is_dir():
@@ -271,7 +349,7 @@ class TritonServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "wb")
         log.info("starting tritonserver on %s (log: %s)", self.model_repository, self.log_path)
-        log.debug("command: %s", " ".join(cmd))
+        log.debug("command: %s", self.redact(" ".join(cmd)))
         t0 = time.monotonic()
         # Own process group: a Ctrl-C at the terminal reaches us, and we decide how Triton stops.
         self.process = subprocess.Popen(
@@ -305,11 +383,11 @@ class TritonServer:
                         f"tritonserver exited with status {self.process.returncode} during start-up:\n{self.log_tail()}"
                     )
                 try:
-                    if client.is_server_live():
+                    if client.is_server_live():  # health: open, with or without keys
                         if self._check_states(self.model_states(client), expected):
                             return
                 except (InferenceServerException, ConnectionError, OSError) as e:
-                    log.debug("not up yet: %s", e)
+                    log.debug("not up yet: %s", self.redact(str(e)))
                 if time.monotonic() > deadline:
                     raise ServerError(
                         f"tritonserver not ready after {timeout_s:.0f} s; log tail:\n{self.log_tail()}"
@@ -357,7 +435,7 @@ class TritonServer:
         own = client is None
         client = client or httpclient.InferenceServerClient(self.endpoints.http_url)
         try:
-            index = client.get_model_repository_index()
+            index = client.get_model_repository_index(headers=self.admin_headers)
         finally:
             if own:
                 client.close()
@@ -406,7 +484,8 @@ class TritonServer:
         lines = self.log_path.read_text(errors="replace").splitlines()
         # Triton's option tables are noise in an error message.
         lines = [ln for ln in lines if not ln.startswith(("+", "|"))]
-        return "\n".join(lines[-n_lines:])
+        # Triton does not log the keys; a usage error that quotes an option could.
+        return self.redact("\n".join(lines[-n_lines:]))
 
     def __enter__(self) -> "TritonServer":
         return self.start()

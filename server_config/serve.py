@@ -6,20 +6,30 @@ flags win over both); the fixed server flags are in ``launcher.py``.
 Binds to loopback unless ``--host`` says otherwise, returns to the prompt only when stopped
 (Ctrl-C or SIGTERM: Triton drains in-flight requests, exit status 0), and refuses to pretend: if a
 model fails to load, the command names it with Triton's reason and exits non-zero.
+
+Off loopback, ``--api-key-file`` puts every API but health behind a key (``launcher.py``), and
+``--grpc-tls-cert``/``--grpc-tls-key`` give gRPC Triton's own TLS; serving off loopback without a key
+(or with the key crossing the network in clear text) prints a loud warning unless ``--insecure``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
+import re
 import signal
+import sys
 import time
 from pathlib import Path
 
+from langcolor.client.connection import API_KEY_ENV, api_key_from, read_key_file
 from langcolor.client.errors import ServerError
+from langcolor.client.imageio import DEFAULT_MAX_PIXELS
 
-from .launcher import EXIT_TIMEOUT_S, LOOPBACK, STARTUP_TIMEOUT_S, ModelLoadError, TritonServer, repository_models
+from .launcher import (EXIT_TIMEOUT_S, LOOPBACK, STARTUP_TIMEOUT_S, GrpcTls, ModelLoadError, TritonServer,
+                       repository_models)
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +59,60 @@ def load_settings(path: Path = SETTINGS_FILE) -> dict[str, str]:
     return settings
 
 
+LIMITS_HELP = f"""\
+limits (a request over one is refused, with an error that names it, for that request alone):
+  request body     Triton 2.51 has no limit of its own: it reads a whole request into memory before
+                   checking it (a 600 MiB body costs it ~1.5 GB). Off loopback, cap it at the TLS
+                   proxy in front: client_max_body_size 16m in server_config/nginx.conf.tmpl.
+  image pixels     {DEFAULT_MAX_PIXELS} per image by default, read from the file's header before any
+                   pixel is decoded: the colorize config's max_pixels (langcolor export --max-pixels).
+  caption length   T words or word pieces, the family's own (lcode 16, lcoins 24); `langcolor models` shows T.
+  reference image  every image input of a family (a reference photo) has the image pixel cap; on the
+                   wire it counts toward the request body.
+
+keys: --api-key-file (or ${API_KEY_ENV}_FILE / ${API_KEY_ENV}) for inference, metadata, model config and
+statistics: clients send "Authorization: Bearer KEY" (HTTP) or the gRPC metadata
+"triton-grpc-protocol-authorization: Bearer KEY". --admin-key-file for the model repository, logging,
+trace and shared memory (without it, and with an API key, nobody else can use them). Health is open.
+Triton reads the keys from its command line only: they are in tritonserver's process arguments."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: assume it is reachable from elsewhere
+
+
+def exposure_warnings(host: str, api_key: bool, grpc_tls: bool) -> list[str]:
+    """What is open to the network when serving on ``host`` (empty on loopback)."""
+    if is_loopback(host):
+        return []
+    if not api_key:
+        return [f"serving on {host} WITHOUT AN API KEY: anyone who can reach these ports can run inference, read "
+                "model configs and statistics, load and unload models, and change logging and tracing.",
+                "Give --api-key-file FILE, or --insecure if something in front of the server authenticates."]
+    lines = []
+    if not grpc_tls:
+        lines.append(f"gRPC on {host} is plaintext: the API key crosses the network readable by anyone on the "
+                     "path; give --grpc-tls-cert and --grpc-tls-key.")
+    lines.append(f"HTTP on {host} is plaintext (Triton 2.51 has no HTTP TLS): the API key crosses the network "
+                 "readable; serve HTTPS from the TLS proxy in front (server_config/README.md).")
+    lines.append("The metrics port cannot be restricted: it tells anyone model names and request counts.")
+    return lines + ["Add --insecure to silence this warning."]
+
+
+def _file_setting(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     s = load_settings()
+    parser.epilog = LIMITS_HELP
+    # Keep the limits table as written (the CLI's formatter reflows text and shows defaults).
+    parser.formatter_class = type("ServeHelp", (argparse.RawDescriptionHelpFormatter, parser.formatter_class), {})
     parser.add_argument(
         "--model-repository",
         type=Path,
@@ -74,6 +136,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=int(s.get("LANGCOLOR_EXIT_TIMEOUT_S", EXIT_TIMEOUT_S)),
         help="seconds Triton drains in-flight requests and open HTTP connections on stop",
     )
+    sec = parser.add_argument_group("keys and TLS (see the notes at the end)")
+    sec.add_argument("--api-key-file", type=Path, default=_file_setting(s.get("LANGCOLOR_API_KEY_FILE")), metavar="FILE",
+                     help=f"file holding the API key clients must send (or ${API_KEY_ENV} holding the key); "
+                     "mode 600: a key file other users can read is refused")
+    sec.add_argument("--admin-key-file", type=Path, default=_file_setting(s.get("LANGCOLOR_ADMIN_KEY_FILE")),
+                     metavar="FILE", help="file holding the key for the model repository, logging, trace and "
+                     "shared-memory APIs (default: with an API key, a random one held by this process only)")
+    sec.add_argument("--grpc-tls-cert", type=Path, default=_file_setting(s.get("LANGCOLOR_GRPC_TLS_CERT")),
+                     metavar="FILE", help="PEM certificate: gRPC speaks TLS (Triton's own --grpc-use-ssl)")
+    sec.add_argument("--grpc-tls-key", type=Path, default=_file_setting(s.get("LANGCOLOR_GRPC_TLS_KEY")),
+                     metavar="FILE", help="the PEM private key of --grpc-tls-cert (mode 600)")
+    sec.add_argument("--grpc-tls-client-ca", type=Path, default=_file_setting(s.get("LANGCOLOR_GRPC_TLS_CLIENT_CA")),
+                     metavar="FILE", help="mutual TLS: accept only gRPC clients with a certificate from this CA")
+    sec.add_argument("--insecure", action="store_true",
+                     help="serve off loopback without a key or with the key in clear text, without the warning")
 
 
 class _Stop(Exception):
@@ -84,7 +161,22 @@ def _raise_stop(signum, _frame) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
+def _security(args: argparse.Namespace) -> dict:
+    """The keys and TLS files the flags name, checked before anything starts."""
+    if (args.grpc_tls_cert is None) != (args.grpc_tls_key is None):
+        raise ServerError("--grpc-tls-cert and --grpc-tls-key go together")
+    if args.grpc_tls_client_ca is not None and args.grpc_tls_cert is None:
+        raise ServerError("--grpc-tls-client-ca (mutual TLS) needs --grpc-tls-cert and --grpc-tls-key")
+    tls = GrpcTls(args.grpc_tls_cert, args.grpc_tls_key, args.grpc_tls_client_ca) if args.grpc_tls_cert else None
+    admin = read_key_file(args.admin_key_file, "admin key file") if args.admin_key_file else None
+    return {"api_key": api_key_from(args.api_key_file), "admin_key": admin, "grpc_tls": tls}
+
+
 def run(args: argparse.Namespace) -> int:
+    security = _security(args)
+    if not args.insecure:
+        for line in exposure_warnings(args.host, security["api_key"] is not None, security["grpc_tls"] is not None):
+            print(f"langcolor serve: WARNING: {line}", file=sys.stderr, flush=True)
     repo = (args.model_repository or default_model_repository()).resolve()
     if not repository_models(repo):
         raise ServerError(
@@ -103,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
         log_path=args.log_file,
         startup_timeout_s=args.startup_timeout,
         exit_timeout_s=args.exit_timeout,
+        **security,
     )
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
@@ -114,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"langcolor serve: model '{m.name}' failed to load: {m.short_reason}", flush=True)
             names = ", ".join(m.name for m in e.failed)
             raise ServerError(f"{len(e.failed)} model(s) failed to load ({names}); tritonserver log: {server.log_path}") from e
-        _print_endpoints(server, repo)
+        _print_endpoints(server, repo, admin_given=security["admin_key"] is not None)
         while server.running:
             time.sleep(0.5)
         # The process ended without being asked to: say so and fail.
@@ -137,14 +230,36 @@ def run(args: argparse.Namespace) -> int:
             log.info("tritonserver exited with status %s", code)
 
 
-def _print_endpoints(server: TritonServer, repo: Path) -> None:
+def _print_endpoints(server: TritonServer, repo: Path, admin_given: bool) -> None:
     e = server.endpoints
     models = ", ".join(sorted(server.model_states()))
     exposed = "" if e.host in (LOOPBACK, "localhost", "::1") else "  (not loopback: reachable from the network)"
     print(f"langcolor serve: ready in {server.startup_s:.1f} s, repository {repo}", flush=True)
     print(f"  models : {models}", flush=True)
+    tls = server.grpc_tls
+    grpc_tls = (" (TLS, client certificates required)" if tls.client_ca else " (TLS)") if tls else ""
     print(f"  HTTP   : http://{e.http_url}{exposed}", flush=True)
-    print(f"  gRPC   : {e.grpc_url}", flush=True)
-    print(f"  metrics: {e.metrics_url}", flush=True)
+    print(f"  gRPC   : {'grpcs' if tls else 'grpc'}://{e.grpc_url}{grpc_tls}", flush=True)
+    print(f"  metrics: {e.metrics_url} (never needs a key)", flush=True)
+    if server.api_key is not None:
+        print("  API key: required for inference, metadata, config and statistics "
+              "(HTTP 'Authorization: Bearer KEY', gRPC 'triton-grpc-protocol-authorization: Bearer KEY')", flush=True)
+    if server.admin_key is not None:
+        holder = "the admin key" if admin_given else "a random key held by this process: closed to clients"
+        print(f"  admin  : repository, logging, trace and shared memory take {holder}", flush=True)
+    print(f"  limits : {_max_pixels(repo)} pixels per image (image inputs too); request body: no limit in "
+          "Triton 2.51, cap it at the proxy", flush=True)
     print(f"  log    : {server.log_path}", flush=True)
     print("  stop with Ctrl-C or SIGTERM", flush=True)
+
+
+MAX_PIXELS_PARAM = re.compile(r'key:\s*"max_pixels"\s*value\s*\{\s*string_value:\s*"(\d+)"')
+
+
+def _max_pixels(repo: Path) -> int:
+    """The colorize endpoint's pixel cap, as the config that carries it (what Triton loaded) declares it."""
+    for config in sorted(repo.glob("*/config.pbtxt")):
+        found = MAX_PIXELS_PARAM.search(config.read_text(errors="replace"))
+        if found:
+            return int(found.group(1))
+    return DEFAULT_MAX_PIXELS
