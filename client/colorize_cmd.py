@@ -14,7 +14,7 @@ import argparse
 import time
 
 from . import families
-from .connection import add_server_flags
+from .connection import add_server_flags, connection_options
 from .imageio import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION
 
 RECONSTRUCT_THREADS = 2  # one photo: split its rows over two threads (the full-resolution step)
@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         intra_op_threads=args.threads,
         via=args.via,
+        **connection_options(args),
     )
     try:
         result = colorizer.colorize(args.photo, threads=RECONSTRUCT_THREADS, **inputs)

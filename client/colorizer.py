@@ -24,7 +24,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from . import families, names
-from .errors import LangcolorError
+from .connection import ApiKey, TlsFiles
+from .errors import ImageError, LangcolorError
 from .families import Note
 from .imageio import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION, encode_image, format_for_path, read_bytes
 from .outputs import check_output_path, write_atomic
@@ -67,6 +68,35 @@ def _to_bytes(source: Source) -> bytes:
     return encode_image(rgb8, "PNG")
 
 
+def _pixels(value: Any) -> tuple[int, int] | None:
+    """(width, height) of an image input from its header alone, or None when it is not readable as
+    one (the family's conditioner then names the problem)."""
+    if isinstance(value, np.ndarray):
+        return (value.shape[1], value.shape[0]) if value.ndim >= 2 else None
+    from PIL import Image
+
+    try:
+        source = io.BytesIO(bytes(value)) if isinstance(value, (bytes, bytearray, memoryview)) else value
+        with Image.open(source) as im:  # the header only: no pixel is decoded
+            return im.size
+    except Exception:
+        return None
+
+
+def check_image_inputs(fields: Iterable[families.InputField], values: Mapping[str, Any], max_pixels: int) -> None:
+    """Every image input among ``values`` (a reference photo, any family's) within the pixel cap that
+    the photo has, checked on its header before anything decodes it; ``ImageError`` names the input."""
+    for f in fields:
+        value = values.get(f.name)
+        if f.kind != families.IMAGE or value is None:
+            continue
+        size = _pixels(value)
+        if size is not None and size[0] * size[1] > max_pixels:
+            w, h = size
+            raise ImageError(f"{f.name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} "
+                             "(raise it with --max-pixels)")
+
+
 def _wire_value(field_kind: str, value: Any) -> bytes:
     return _to_bytes(value) if field_kind == families.IMAGE else (value if isinstance(value, bytes) else str(value).encode("utf-8"))
 
@@ -82,7 +112,12 @@ class Colorizer:
         intra_op_threads: int | None = None,
         device: str = "cpu",
         via: str = "endpoint",
+        api_key: ApiKey | str | None = None,
+        tls: TlsFiles | None = None,
+        server_wait_s: float = 0.0,
     ) -> None:
+        """``api_key``, ``tls`` (a ``connection.TlsFiles``) and ``server_wait_s`` (how long a call
+        waits for a server that went away) are for ``server=`` only; see ``RemoteStages``."""
         if via not in VIAS:
             raise LangcolorError(f"via must be one of {', '.join(VIAS)}, got {via!r}")
         self.family = families.get(model)
@@ -106,7 +141,7 @@ class Colorizer:
                 server, protocol=protocol, family=model,
                 assets=self.bundle.manifest.assets if self.bundle else None,
                 geometry=self.bundle.geometry if self.bundle else None,  # a different served model is refused on connect
-                endpoint=via == "endpoint",
+                endpoint=via == "endpoint", api_key=api_key, tls=tls, wait_s=server_wait_s,
             )
 
     @property
@@ -146,6 +181,7 @@ class Colorizer:
         if unknown:
             raise LangcolorError(f"model '{self.family.name}' takes {', '.join(self.family.input_names) or 'no input'}"
                                  f" beside the photo, not {', '.join(unknown)}")
+        check_image_inputs(self.family.inputs, values, self.max_pixels)
         return self.conditioner.condition(values)
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -192,7 +228,9 @@ class Colorizer:
         if unknown:
             raise LangcolorError(f"model '{self.family.name}' takes {', '.join(fields) or 'no input'} beside the "
                                  f"photo, not {', '.join(unknown)}")
-        return {k: _wire_value(fields[k].kind, v) for k, v in values.items() if v is not None}
+        wire = {k: _wire_value(fields[k].kind, v) for k, v in values.items() if v is not None}
+        check_image_inputs(self.family.inputs, wire, self.max_pixels)  # before the bytes leave
+        return wire
 
     def submit_encoded(self, data: bytes, values: Mapping[str, Any], fmt: str = "png"):
         """Thin client: an image file's bytes and the inputs to the endpoint, in the background ->
