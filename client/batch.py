@@ -11,9 +11,12 @@ Three stages overlap, joined by one bound on images in flight so memory stays fl
 With ``--server`` the thin client skips the middle: each image's bytes and inputs go to the
 ``colorize`` endpoint, and the encoded image that comes back is written as it is.
 
-A bad file fails alone and the run goes on; a server that stays away after the client's retries
-stops the run (the images not reached are simply not done; rerunning finishes them). Paths are
-planned and checked in ``batch_sources``, records and atomic writes live in ``batch_state``.
+A bad file fails alone and the run goes on. A server that goes away mid-run (a restart) is waited
+for, up to ``server_wait_s``, with exponential backoff: the outage is logged when it starts and ends,
+and the run carries on where it was, each image written once. A server that stays away longer stops
+the run with an error saying so (the images not reached are simply not done; rerunning finishes
+them). Paths are planned and checked in ``batch_sources``, records and atomic writes live in
+``batch_state``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from tqdm import tqdm
 from . import families
 from .batch_sources import STATE_DIR, BatchItem, plan_batch
 from .batch_state import Failure, FailureReport, JobKey, RecordLog, condition_key, remove_stale_temporaries
+from .connection import ApiKey, TlsFiles
 from .errors import LangcolorError, ServerError, clip
 from .families import IMAGE, Note
 from .imageio import DEFAULT_MAX_PIXELS, encode_image, read_bytes
@@ -44,6 +48,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 8
 SERVER_IN_FLIGHT = 4  # concurrent requests to a server: enough for Triton's dynamic batcher to merge
+DEFAULT_SERVER_WAIT_S = 300.0  # how long a run waits for a server that went away (a restart takes seconds)
+SERVER_WAIT_ENV = "LANGCOLOR_SERVER_WAIT_S"  # the command line's default for it
 MAX_REASON_CHARS = 300  # per failure in the log and the report
 
 
@@ -64,6 +70,9 @@ class BatchOptions:
     model: str = families.DEFAULT_FAMILY
     model_repository: Path | None = None
     progress: bool = True
+    api_key: ApiKey | None = None  # sent with every server call; a str is wrapped, so no repr shows it
+    tls: TlsFiles | None = None  # for a grpcs:// or https:// server
+    server_wait_s: float = DEFAULT_SERVER_WAIT_S  # after the first contact; 0: stop after the client's retries
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -72,6 +81,9 @@ class BatchOptions:
             raise LangcolorError(f"workers must be at least 1, got {self.workers}")
         if self.in_flight is not None and self.in_flight < 1:
             raise LangcolorError(f"in_flight must be at least 1, got {self.in_flight}")
+        object.__setattr__(self, "api_key", ApiKey.of(self.api_key))
+        if self.server_wait_s < 0:
+            raise LangcolorError(f"the server wait must be 0 or more seconds, got {self.server_wait_s:g}")
 
 
 @dataclass(frozen=True)
@@ -326,6 +338,9 @@ def _load_colorizer(options: BatchOptions) -> Any:
         model_repository=options.model_repository,
         max_pixels=options.max_pixels,
         via=options.via,
+        api_key=options.api_key,
+        tls=options.tls,
+        server_wait_s=options.server_wait_s,
     )
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import families
-from .batch import DEFAULT_BATCH_SIZE, SERVER_IN_FLIGHT, BatchOptions, run_batch
+from .batch import (DEFAULT_BATCH_SIZE, DEFAULT_SERVER_WAIT_S, SERVER_IN_FLIGHT, SERVER_WAIT_ENV, BatchOptions,
+                    run_batch)
 from .colorize_cmd import add_input_flags
-from .connection import add_server_flags
+from .connection import add_server_flags, connection_options
 from .imageio import DEFAULT_MAX_PIXELS
 
 
@@ -28,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-caption", dest="input__caption", metavar="TEXT", default=None,
                         help="the same as --caption: the caption of images the manifest gives none")
     add_server_flags(parser)
+    parser.add_argument("--server-wait", type=float, metavar="SECONDS",
+                        default=float(os.environ.get(SERVER_WAIT_ENV) or DEFAULT_SERVER_WAIT_S),
+                        help=f"with --server: how long to wait, retrying with backoff, for a server that goes away "
+                        f"mid-run (a restart) before stopping; 0 stops after a few quick retries (${SERVER_WAIT_ENV} "
+                        "sets the default)")
     parser.add_argument("--workers", type=int, help="decode/encode threads (default: CPU count, at most 8)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per inference call")
     parser.add_argument("--in-flight", type=int,
@@ -72,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         model_repository=args.model_repository,
         progress=not args.no_progress and sys.stderr.isatty(),
+        server_wait_s=args.server_wait,
+        **connection_options(args),
     )
     with logging_redirect_tqdm():  # warnings about bad files print above the progress bar, not through it
         summary = run_batch(options)

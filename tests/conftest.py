@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 log = logging.getLogger(__name__)
+
+# `langcolor batch` waits minutes for a server that went away; the tests that kill a server under a
+# batch and expect it to stop say so with their own timing. Tests that want the wait pass --server-wait.
+os.environ.setdefault("LANGCOLOR_SERVER_WAIT_S", "0")
 
 from langcolor.client.families import DEFAULT_FAMILY
 from langcolor.client.names import BACKEND
@@ -95,3 +102,47 @@ def protocol(request) -> str:
 def server_url(triton_server, protocol) -> str:
     e = triton_server.endpoints
     return e.grpc_url if protocol == "grpc" else e.http_url
+
+
+@dataclass(frozen=True)
+class Certs:
+    """A test CA, a server certificate for 127.0.0.1/localhost, a client certificate, and a second,
+    unrelated CA with its own client certificate (PEM files; keys mode 600)."""
+
+    folder: Path
+
+    def __getattr__(self, name: str) -> Path:  # certs.ca_pem, certs.server_key, ...
+        stem, _, ext = name.rpartition("_")
+        path = self.folder / f"{stem}.{ext}"
+        if not path.is_file():
+            raise AttributeError(name)
+        return path
+
+
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory) -> Certs:
+    """Made with the openssl command (EC P-256, valid for a day); skipped where it is missing."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make test certificates")
+    d = tmp_path_factory.mktemp("certs")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True, timeout=60)
+
+    for ca in ("ca", "wrongca"):
+        run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+            "-subj", f"/CN=langcolor-test-{ca}", "-keyout", f"{ca}.key", "-out", f"{ca}.pem",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    leaves = {"server": ("localhost", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+              "client": ("langcolor-client", "ca", "extendedKeyUsage=clientAuth"),
+              "wrongclient": ("rogue-client", "wrongca", "extendedKeyUsage=clientAuth")}
+    for name, (cn, ca, ext) in leaves.items():
+        run("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={cn}",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        (d / f"{name}.ext").write_text(ext + "\nkeyUsage=critical,digitalSignature\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-days", "1", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    for key in d.glob("*.key"):
+        key.chmod(0o600)
+    return Certs(d)
