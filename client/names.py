@@ -15,7 +15,8 @@ FEATURES = "FEATURES"  # caption families: encoder -> fusion
 MODULATED = "MODULATED"  # caption families: fusion -> decoder
 
 # --- the bytes endpoint ----------------------------------------------------------------------------
-COLORIZE_MODEL = "colorize"
+COLORIZE_MODEL = "colorize"  # a one-step ensemble over IMPL_SUFFIX's model: Triton then counts its failures
+IMPL_SUFFIX = "_impl"  # "<public model>_impl": the Python model behind a public one (colorize, a driven family)
 IMAGE = "IMAGE"  # BYTES [1]: one encoded JPEG, PNG or TIFF file
 MODEL = "MODEL"  # BYTES [1], optional: the family colouring that image; absent = the default family
 FORMAT = "FORMAT"  # BYTES [1], optional: "png" (default) or "jpeg", the encoding of COLORIZED

@@ -181,12 +181,33 @@ def ensemble_config(geom: ModelGeometry, target: Target, assets: Mapping[str, st
     return config
 
 
+def front(inner: mc.ModelConfig, name: str) -> mc.ModelConfig:
+    """The public model ``name``: a one-step ensemble with ``inner``'s tensors (optional ones kept
+    optional) and parameters, calling ``inner``.
+
+    Why not serve the Python model itself: Triton's Python backend counts a request it answers with
+    an error as a success in its metrics and statistics; an ensemble counts it as a failure. (Triton
+    2.51's ensemble scheduler counts each failed request twice, reason OTHER: a known quirk.)"""
+    config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=inner.max_batch_size)
+    config.input.extend(inner.input)
+    config.output.extend(inner.output)
+    step = config.ensemble_scheduling.step.add()
+    step.model_name = inner.name
+    step.model_version = -1
+    step.input_map.update({t.name: t.name for t in inner.input})
+    step.output_map.update({t.name: t.name for t in inner.output})
+    for key, value in inner.parameters.items():
+        if key != names.PARAM_ROLE:
+            config.parameters[key].string_value = value.string_value
+    return config
+
+
 def pipeline_config(geom: ModelGeometry, target: Target, assets: Mapping[str, str], weights_sha256: str) -> mc.ModelConfig:
-    """A driven family's model named like the family: the langcolor backend in its pipeline role runs
-    the family's driver (its stages in a loop, through BLS), with the request contract of
-    ``geom.serving`` and the same parameters a client checks on an ensemble."""
+    """The Python model behind a driven family's public model (``front``): the langcolor backend in
+    its pipeline role runs the family's driver (its stages in a loop, through BLS), with the request
+    contract of ``geom.serving`` and the same parameters a client checks on an ensemble."""
     spec = ensemble_spec(geom)
-    config = _base(geom.family, target, spec.inputs, spec.outputs)
+    config = _base(geom.family + names.IMPL_SUFFIX, target, spec.inputs, spec.outputs)
     config.backend = names.BACKEND
     _dynamic_batching(config, target, preferred=False)
     _instances(config, 1, gpu=False)  # the loop itself is Python on the CPU; its stages may run on GPU
@@ -208,7 +229,8 @@ def colorize_config(
     default: str, families: tuple[str, ...], fields: tuple[InputField, ...], weights: Mapping[str, str],
     target: Target, max_pixels: int,
 ) -> mc.ModelConfig:
-    """The bytes endpoint: the langcolor backend in its colorize role, BLS over the families' ensembles.
+    """The Python model behind the bytes endpoint (served through ``front``): the langcolor backend in
+    its colorize role, BLS over the families' ensembles.
 
     ``default`` colours requests without ``MODEL``; ``families`` are those ``MODEL`` may name;
     ``fields`` the union of their user inputs (each an optional BYTES input); ``weights`` each family's
@@ -222,7 +244,7 @@ def colorize_config(
     assert default in families and len(set(families)) == len(families), (default, families)
     assert all(f and "," not in f for f in families), families
     inputs = colorize_inputs(fields)
-    config = _base(names.COLORIZE_MODEL, target, inputs, colorize_outputs(),
+    config = _base(names.COLORIZE_MODEL + names.IMPL_SUFFIX, target, inputs, colorize_outputs(),
                    optional=frozenset(t.name for t in inputs[1:]))
     config.backend = names.BACKEND
     _dynamic_batching(config, target, preferred=False)

@@ -8,7 +8,8 @@ Layout, per family ``<f>``::
     <f>/1/langcolor.json                        ModelManifest (geometry, weights hash, assets' hashes)
     <f>/1/<asset>                               the conditioner's files (a caption family's tokenizer.json)
     <f>/1/parity.json                           the export's parity figures (Triton ignores the file)
-    colorize/config.pbtxt, 1/families.json      the bytes endpoint over every family written
+    colorize_impl/config.pbtxt                  the bytes endpoint's Python model (BLS over every family)
+    colorize/config.pbtxt, 1/families.json      the bytes endpoint: a one-step ensemble over colorize_impl
 
 The Python models (the stages on the python target, and ``colorize``) name the ``langcolor``
 Python-based backend, which ``langcolor serve`` (or the GPU container) installs in Triton's backend
@@ -45,6 +46,7 @@ from .triton_config import (
     Target,
     colorize_config,
     ensemble_config,
+    front,
     pipeline_config,
     stage_config,
     to_text,
@@ -54,6 +56,9 @@ log = logging.getLogger(__name__)
 
 PARITY_FILE = "parity.json"  # in <family>/1/: a plain file in a version folder, which Triton ignores
 FAMILIES_FILE = "families.json"  # in colorize/1/: what the endpoint serves (Triton ignores the file)
+VERSION_NOTE = "README.md"  # a Python model's version folder holds no file Triton loads; git keeps it by this one
+IMPL_NOTE = ("The langcolor Triton backend serves this model (see ../config.pbtxt, parameter `role`);\n"
+             "its code is the installed langcolor package, not a file in this folder.\n")
 VERSION = "1"
 
 
@@ -124,8 +129,13 @@ def _write_family(tmp: Path, entry: ExportEntry, target: Target) -> ExportedRepo
         extra={"git_revision": git_revision(), "onnx_opset": OPSET, "backend": target.backend, **entry.extra},
     )
     family_dir = tmp / geom.family
-    entry_config = pipeline_config if record.driver is not None else ensemble_config
-    _write(family_dir / CONFIG_FILE, to_text(entry_config(geom, target, assets, entry.weights_sha256)))
+    if record.driver is not None:  # the driver's Python model, behind a one-step ensemble named like the family
+        impl = pipeline_config(geom, target, assets, entry.weights_sha256)
+        _write(tmp / impl.name / CONFIG_FILE, to_text(impl))
+        _write(tmp / impl.name / VERSION / VERSION_NOTE, IMPL_NOTE)
+        _write(family_dir / CONFIG_FILE, to_text(front(impl, geom.family)))
+    else:
+        _write(family_dir / CONFIG_FILE, to_text(ensemble_config(geom, target, assets, entry.weights_sha256)))
     _write(family_dir / VERSION / MANIFEST_FILE, manifest.to_json() + "\n")
     for name, data in blobs.items():
         _write(family_dir / VERSION / name, data)
@@ -148,10 +158,12 @@ def write_repository(
         results = [_write_family(tmp, entry, target) for entry in entries]
         fields = families.all_inputs(tuple(served))
         weights = {r.manifest.geometry.family: r.manifest.weights_sha256 for r in results}
-        colorize_dir = tmp / names.COLORIZE_MODEL
-        _write(colorize_dir / CONFIG_FILE,
-               to_text(colorize_config(served[0], tuple(served), fields, weights, target, max_pixels)))
-        _write(colorize_dir / VERSION / FAMILIES_FILE, json.dumps({"default": served[0], "families": served}) + "\n")
+        impl = colorize_config(served[0], tuple(served), fields, weights, target, max_pixels)
+        _write(tmp / impl.name / CONFIG_FILE, to_text(impl))
+        _write(tmp / impl.name / VERSION / VERSION_NOTE, IMPL_NOTE)
+        _write(tmp / names.COLORIZE_MODEL / CONFIG_FILE, to_text(front(impl, names.COLORIZE_MODEL)))
+        _write(tmp / names.COLORIZE_MODEL / VERSION / FAMILIES_FILE,
+               json.dumps({"default": served[0], "families": served}) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the repository is meant to be read by a server
         _swap_in(tmp, out_dir)
     except BaseException:

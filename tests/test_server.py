@@ -393,3 +393,32 @@ def test_client_retries_through_a_server_restart(served_repository, bundle, prot
         remote.close()
         first.stop()
         second.stop()
+
+
+def _metric(url: str, name: str, model: str) -> float:
+    """The sum of a Prometheus counter over its labels for ``model`` (Triton's /metrics)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(url, timeout=30).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and f'model="{model}"' in line)
+
+
+def test_rejected_colorize_requests_count_as_failures(triton_server, protocol, server_url):
+    """A request the endpoint refuses is a failure in Triton's metrics and statistics, not a success."""
+    metrics = triton_server.endpoints.metrics_url
+    gray = _png(skimage.data.camera()[::8, ::8])
+    b = lambda s: np.array([[s]], dtype=np.object_)  # noqa: E731  [1, 1] BYTES
+    success = _metric(metrics, "nv_inference_request_success", "colorize")
+    failure = _metric(metrics, "nv_inference_request_failure", "colorize")
+    from tritonclient.utils import InferenceServerException
+
+    for _ in range(3):
+        with pytest.raises(InferenceServerException, match="empty"):
+            _raw_infer(protocol, server_url, "colorize", [("IMAGE", b(gray), "BYTES"), ("CAPTION", b(b""), "BYTES")],
+                       "COLORIZED")
+    _raw_infer(protocol, server_url, "colorize", [("IMAGE", b(gray), "BYTES"), ("CAPTION", b(CAPTIONS[0].encode()), "BYTES")],
+               "COLORIZED")
+    # Triton 2.51's ensemble scheduler counts each failed request twice (reason OTHER); at least once each.
+    assert _metric(metrics, "nv_inference_request_failure", "colorize") - failure >= 3
+    assert _metric(metrics, "nv_inference_request_success", "colorize") - success == 1

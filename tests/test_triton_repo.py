@@ -73,8 +73,9 @@ def manifest(repos) -> ModelManifest:
 
 def test_layout_is_complete(repos):
     for backend, root in repos.items():
-        names = sorted(p.name for p in root.iterdir())
-        assert names == sorted(["lcode", "lcode_encoder", "lcode_fusion", "lcode_decoder", COLORIZE_MODEL])
+        folders = sorted(p.name for p in root.iterdir())
+        assert folders == sorted(["lcode", "lcode_encoder", "lcode_fusion", "lcode_decoder", COLORIZE_MODEL,
+                                  COLORIZE_MODEL + names.IMPL_SUFFIX])
         for stage in STAGES:
             version = root / f"lcode_{stage}" / "1"
             assert (version / "model.onnx").is_file()
@@ -145,8 +146,12 @@ def test_ensemble_parameters_let_a_client_check_assets_weights_and_geometry(repo
 
 
 def test_colorize_endpoint_config(repos, manifest):
+    impl = parse(repos["python"] / (COLORIZE_MODEL + names.IMPL_SUFFIX) / "config.pbtxt")
+    assert impl.backend == names.BACKEND and impl.parameters[names.PARAM_ROLE].string_value == "colorize"
     cfg = parse(repos["python"] / COLORIZE_MODEL / "config.pbtxt")
-    assert cfg.backend == names.BACKEND and cfg.parameters[names.PARAM_ROLE].string_value == "colorize"
+    # The public endpoint is a one-step ensemble over the Python model (so Triton counts its failures).
+    assert cfg.platform == "ensemble" and [s.model_name for s in cfg.ensemble_scheduling.step] == [impl.name]
+    assert [(t.name, t.optional) for t in cfg.input] == [(t.name, t.optional) for t in impl.input]
     assert [(t.name, t.data_type, list(t.dims), t.optional) for t in cfg.input] == [
         (names.IMAGE, mc.TYPE_STRING, [1], False),
         (names.MODEL, mc.TYPE_STRING, [1], True),  # optional: absent means the default family
