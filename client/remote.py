@@ -383,6 +383,10 @@ class RemoteStages:
         self._connected = True
         log.debug("connected to %s, model '%s' ready", self._where(), self.family)
 
+    def _not_tls(self) -> TlsError:
+        return TlsError(f"{self.url} does not speak TLS: use {self.protocol}://{self.url} (plaintext), or the port "
+                        "of the TLS proxy in front of it")
+
     def _diagnose(self, error: Exception | None) -> ServerError | None:
         """Why the first contact failed, when it is not a server that is down: TLS on one side only, a
         client certificate refused, or a port that speaks Triton's other protocol."""
@@ -396,7 +400,7 @@ class RemoteStages:
         if speaks == "plaintext" and self.tls is not None:
             if self.protocol == "grpc" and _other_protocol_answers(self.url, self.protocol):
                 return ServerUnavailableError(f"{self.url} answers Triton's HTTP protocol, not GRPC: use http://{self.url}")
-            return TlsError(f"{self.url} does not speak TLS: use {scheme}://{self.url} (plaintext), or the TLS port")
+            return self._not_tls()
         if speaks == "tls":  # both speak TLS and the server still hung up: it wants another client certificate
             if error is not None and "Socket closed" in _message(error) or isinstance(error, ssl.SSLError):
                 have = "the client certificate given" if self.tls.cert else "no client certificate (--tls-cert, --tls-key)"
@@ -549,9 +553,7 @@ class RemoteStages:
             return AuthenticationError(f"{self._where()} refused {what}: {said}")
         tls = _tls_failure(e)
         if tls == "not-tls":
-            plain = f"{self.protocol}://{self.url}"
-            return TlsError(f"{self._where()}: the server does not speak TLS on this port: use {plain} (plaintext), "
-                            "or the port of the TLS proxy in front of it")
+            return self._not_tls()
         if tls == "untrusted":
             ca = f"the CA in {self.tls.ca}" if self.tls and self.tls.ca else "the system's CAs (give --tls-ca FILE)"
             return TlsError(f"{self._where()}: the server's certificate is not trusted: not signed by {ca}, or not "
