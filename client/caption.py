@@ -68,7 +68,8 @@ class CaptionConditioner:
         if self.colour_words and not any(w in self.colour_words for w in encoded.words):
             known = ", ".join(sorted(self.colour_words))
             notes.append(Note("caption-free", "the caption names no colour this model knows "
-                              f"({known}): the result is the caption-free one"))
+                              f"({known}): it cannot set any colour, and the result is the caption-free one "
+                              "(within a few Lab units)"))
         return tuple(notes)
 
     def condition(self, values: Mapping[str, Any]) -> Conditioned:
