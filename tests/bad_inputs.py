@@ -8,6 +8,8 @@ Boundaries:
   batch          ``langcolor batch`` / ``run_batch``: a manifest line, a file of the batch, ``--output``
   lcode-grpc/http   the served ``lcode`` ensemble, raw tritonclient requests (no client-side checks)
   colorize-grpc/http the served ``colorize`` bytes endpoint, raw tritonclient requests
+  secured-grpc/http  a server started with an API key and gRPC TLS, through the client (``RemoteStages``),
+                     as a user meets it (tests/test_security_server.py runs these rows)
 
 ``expect`` is a case-insensitive regular expression the error message must match (it names the
 problem); ``ACCEPTED`` marks an awkward but valid input that must succeed. ``at`` overrides the
@@ -40,8 +42,10 @@ KIND_BOUNDARIES = {
     "request": ("colorize-grpc", "colorize-http"),
     "manifest": ("batch",),
     "output": ("python", "cli", "batch"),
+    "access": ("secured-grpc", "secured-http"),
 }
-BOUNDARIES = ("python", "cli", "batch", "lcode-grpc", "lcode-http", "colorize-grpc", "colorize-http")
+BOUNDARIES = ("python", "cli", "batch", "lcode-grpc", "lcode-http", "colorize-grpc", "colorize-http",
+              "secured-grpc", "secured-http")
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class BadInput:
     expect: str  # regex the error must match, or ACCEPTED
     make: Callable[..., Any]  # image: ctx -> bytes; caption: ctx -> str|bytes; tensor: ctx -> (L, TOKENS);
     # request: ctx -> [(name, array, triton dtype)]; manifest: (ctx, root) -> (file name, bytes);
-    # output/source: (ctx, tmp folder) -> path
+    # output/source: (ctx, tmp folder) -> path; access: ctx -> Access
     at: dict[str, str] = field(default_factory=dict)  # boundary -> expectation there
     cannot: dict[str, str] = field(default_factory=dict)  # boundary -> why it cannot receive this input
 
@@ -158,6 +162,11 @@ IMAGES = [
              lambda c: png_declaring(100_000, 100_000)),
     BadInput("bomb-under-pil-limit", "image", "PNG declaring 10000 x 8000 (over the 50 MP cap, under PIL's)",
              r"exceeds the limit", lambda c: png_declaring(10_000, 8_000)),
+    # The pixel cap crossed by one: at the cap the header passes and decoding finds the pixels missing.
+    BadInput("pixels-at-cap", "image", "PNG header declaring 50 000 000 x 1 (exactly the cap), its pixels missing",
+             _DECODE, lambda c: png_declaring(50_000_000, 1)),
+    BadInput("pixels-over-cap", "image", "PNG header declaring 50 000 001 x 1 (the cap + 1)",
+             r"50000001 pixels exceeds the limit of 50000000", lambda c: png_declaring(50_000_001, 1)),
     BadInput("zero-size", "image", "PNG header declaring 0 x 5", r"not an image|zero size", lambda c: png_declaring(0, 5)),
     BadInput("nan-float-tiff", "image", "32-bit float TIFF with a NaN pixel", r"nan", lambda c: _nan_float_tiff()),
     BadInput("path-as-bytes", "image", "a server file path sent as the image ('/etc/passwd')", _NOT_IMAGE,
@@ -183,6 +192,8 @@ CAPTIONS = [
     BadInput("huge-word", "caption", "one word of 100 000 characters", r"no word of the caption is known", lambda c: "x" * 100_000),
     BadInput("unknown-words", "caption", "only words the model does not know", r"no word of the caption is known",
              lambda c: "zzzq qqqz"),
+    BadInput("words-at-limit", "caption", "T known words (the longest caption)", ACCEPTED,
+             lambda c: " ".join(["red"] * c.max_tokens)),
     BadInput("too-many-words", "caption", "T + 1 known words", _TOO_MANY, lambda c: " ".join(["red"] * (c.max_tokens + 1))),
     BadInput("invalid-utf8", "caption", "bytes that are not UTF-8 (0xff 0xfe)", _NOT_UTF8,
              lambda c: b"a red \xff\xfe circle", at={"batch": r"not valid utf-8"}),
@@ -378,7 +389,44 @@ ARRAYS = [  # numpy pixels handed to the Python API
              lambda c: np.full((8, 8, 4), 40000, np.uint16)),
 ]
 
-TABLE: list[BadInput] = IMAGES + CAPTIONS + TENSORS + REQUESTS + MANIFESTS + OUTPUTS + ARRAYS
+# ----------------------------------------------------------------------------- who may call, and how
+
+
+@dataclass(frozen=True)
+class Access:
+    """One way of reaching a server that asks for an API key and speaks gRPC TLS."""
+
+    key: str | None = "right"  # "right", "wrong" or None (no key sent)
+    ca: str | None = "right"  # gRPC: the CA given ("right", "wrong"), or None for the system's CAs
+    tls: bool = True  # gRPC: the client speaks TLS
+    plaintext_server: bool = False  # aimed at a server without TLS (gRPC) / Triton's plaintext HTTP port with TLS
+    api: str = "colorize"  # "colorize" (an inference through the endpoint) or "repository" (the index, raw)
+
+
+_NO_HTTP_TLS = {"secured-http": "Triton 2.51's HTTP has no TLS: see the proxy, tests/test_security_proxy.py"}
+
+ACCESS = [
+    BadInput("no-api-key", "access", "an inference without the API key", r"no API key was sent",
+             lambda c: Access(key=None)),
+    BadInput("wrong-api-key", "access", "an inference with a wrong API key", r"not the one it expects",
+             lambda c: Access(key="wrong")),
+    BadInput("right-api-key", "access", "an inference with the API key", ACCEPTED, lambda c: Access()),
+    BadInput("api-key-on-repository", "access", "the model repository index asked with the API key (it takes "
+             "the admin key)", r"is restricted, expecting header", lambda c: Access(api="repository")),
+    BadInput("no-key-on-repository", "access", "the model repository index asked without a key",
+             r"is restricted, expecting header", lambda c: Access(key=None, api="repository")),
+    BadInput("wrong-ca", "access", "gRPC TLS with a CA that did not sign the server's certificate",
+             r"not trusted: not signed by the CA in .*CERTIFICATE_VERIFY_FAILED", lambda c: Access(ca="wrong"),
+             cannot=_NO_HTTP_TLS),
+    BadInput("system-cas", "access", "gRPC TLS trusting only the system's CAs (no --tls-ca)",
+             r"not trusted: not signed by the system's CAs", lambda c: Access(ca=None), cannot=_NO_HTTP_TLS),
+    BadInput("plaintext-to-tls-port", "access", "plaintext gRPC to the TLS port",
+             r"speaks TLS and this client does not: use grpcs://", lambda c: Access(tls=False), cannot=_NO_HTTP_TLS),
+    BadInput("tls-to-plaintext-port", "access", "TLS to a plaintext port (gRPC: a server without TLS; HTTP: "
+             "Triton's own HTTP port)", r"does not speak TLS: use (grpc|http)://", lambda c: Access(plaintext_server=True)),
+]
+
+TABLE: list[BadInput] = IMAGES + CAPTIONS + TENSORS + REQUESTS + MANIFESTS + OUTPUTS + ARRAYS + ACCESS
 assert len({b.name for b in TABLE}) == len(TABLE), "bad input names must be unique"
 
 
@@ -402,7 +450,9 @@ command-line flags and paths (`-o`, `--output`, the photo and manifest paths the
 **Untrusted:** every request to the server (tensors, image bytes, caption bytes, shapes, dtypes),
 every file in a batch (image bytes, and each manifest line's path and caption), and every caption.
 These may be malformed or hostile; each gets a clear error naming the problem for itself alone,
-the process or server stays up for the next request, and nothing is left half-written.
+the process or server stays up for the next request, and nothing is left half-written. Off
+loopback, so is every client that can reach a port: only a holder of the API key may use the
+models, and only the operator (the admin key) may load, unload or reconfigure them.
 
 Defaults that hold this line (each checked by a test):
 - `langcolor serve` binds HTTP, gRPC and metrics to 127.0.0.1 unless `--host` (or `LANGCOLOR_HOST`)
@@ -419,10 +469,34 @@ Defaults that hold this line (each checked by a test):
   are written only under the output folder, which may not overlap the source tree.
 - Error messages name the problem without echoing the input: the `colorize` endpoint cuts them at
   500 characters, the batch failure report at 300.
+- `langcolor serve --api-key-file FILE` puts inference, metadata, model config and statistics behind
+  `Authorization: Bearer KEY` (gRPC metadata `triton-grpc-protocol-authorization`), and the model
+  repository, logging, trace and shared-memory APIs behind an admin key (`--admin-key-file`; without
+  one, a random key that only `langcolor serve` holds): an API-key holder cannot load, unload or
+  reconfigure anything. Health stays open for probes; Triton 2.51 cannot restrict its metrics port
+  (model names, counts and latencies). Off loopback without a key, `serve` warns loudly unless
+  `--insecure` (tests/test_security*.py, and the `access` rows below).
+- A refused key is an `AuthenticationError` and a refused certificate a `TlsError`, never retried;
+  gRPC TLS mismatches (a wrong CA, plaintext to a TLS port, TLS to a plaintext one, no client
+  certificate for mutual TLS) are named as such. The key comes from a file other users cannot read
+  (refused otherwise) or `$LANGCOLOR_API_KEY`, never from a command line, and is in no log line,
+  message or repr of ours. The known limit: Triton 2.51 reads its restricted-API options from its
+  command line only, so the keys are in `tritonserver`'s process arguments, which local users can list
+  (a container's PID namespace hides them from the host's other users).
+- gRPC TLS is Triton's own (`--grpc-tls-cert`, optional mutual TLS). Triton 2.51's HTTP has no TLS,
+  and no request size limit: it reads any body whole before checking it (600 MiB cost it 1.5 GB).
+  Off loopback, the nginx proxy of `server_config/nginx.conf.tmpl` serves HTTPS and gRPC over TLS and
+  caps the body: one byte over `client_max_body_size` is answered 413 before Triton sees it, and the
+  client raises `RequestTooLargeError` (tests/test_security_proxy.py).
+- Limits are tested by one either side: the pixel cap (`pixels-at-cap`, `pixels-over-cap`), the
+  caption length (`words-at-limit`, `too-many-words`), the body cap at the proxy, and every image input
+  of a family (a reference photo), which the client holds to the pixel cap before sending; on the
+  server, a family's conditioner decodes its own image inputs.
 """
 
 _LABELS = {"python": "Python API", "cli": "CLI", "batch": "batch", "lcode-grpc": "lcode gRPC",
-           "lcode-http": "lcode HTTP", "colorize-grpc": "colorize gRPC", "colorize-http": "colorize HTTP"}
+           "lcode-http": "lcode HTTP", "colorize-grpc": "colorize gRPC", "colorize-http": "colorize HTTP",
+           "secured-grpc": "secured gRPC", "secured-http": "secured HTTP"}
 
 
 def _cell(case: BadInput, boundary: str) -> str:
@@ -452,16 +526,20 @@ def markdown() -> str:
         "match the pattern shown (case-insensitive), come as one line (CLI: exit 2, no traceback), leave the",
         "process or server answering the next good request, and leave no partial output. *accepted*: an",
         "awkward but valid input that must succeed. Server boundaries get raw tritonclient requests (no",
-        "client-side checks), over gRPC and over HTTP alike.",
+        "client-side checks), over gRPC and over HTTP alike. The secured server (an API key, gRPC TLS) is",
+        "reached through the client, as a user meets it (`tests/test_security_server.py`); no message there",
+        "may hold a key.",
         "",
         THREAT_MODEL,
         "## The table",
         "",
-        "| input | kind | Python API | CLI | batch | `lcode` ensemble (gRPC, HTTP) | `colorize` endpoint (gRPC, HTTP) |",
-        "|---|---|---|---|---|---|---|",
+        "| input | kind | Python API | CLI | batch | `lcode` ensemble (gRPC, HTTP) | `colorize` endpoint (gRPC, HTTP) "
+        "| secured server, gRPC over TLS | secured server, HTTP |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in TABLE:
-        cells = [_cell(c, b) for b in ("python", "cli", "batch", "lcode-grpc", "colorize-grpc")]
+        cells = [_cell(c, b) for b in ("python", "cli", "batch", "lcode-grpc", "colorize-grpc", "secured-grpc",
+                                       "secured-http")]
         assert _cell(c, "lcode-grpc") == _cell(c, "lcode-http") and _cell(c, "colorize-grpc") == _cell(c, "colorize-http")
         lines.append(f"| `{c.name}`: {c.what} | {c.kind} | " + " | ".join(x or "-" for x in cells) + " |")
     return "\n".join(lines) + "\n"

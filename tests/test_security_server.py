@@ -1,7 +1,8 @@
 """A real tritonserver started with an API key and gRPC TLS (the launcher, as ``langcolor serve`` starts
-it): no key, a wrong key and the right key over both protocols; the repository, logging and trace
-APIs closed to API-key holders; health open; gRPC TLS with the right CA, a wrong one, plaintext to
-the TLS port and TLS to a plaintext one; the pixel cap crossed by one; and the key in no log, no
+it): Triton's own refusals with no key and a wrong key over both protocols, health open; the
+repository, logging and trace APIs closed to API-key holders; the ``access`` rows of the bad-input
+table (no key, a wrong key, the right key, a wrong CA, the system's CAs, plaintext to the TLS port,
+TLS to a plaintext one) through the client; the pixel cap crossed by one; and the key in no log, no
 error message and no exception."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +21,13 @@ import pytest
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from bad_inputs import photo_png
+import bad_inputs as table
+from bad_inputs import ACCEPTED, Access, photo_png
 from langcolor.client.connection import TlsFiles
+from langcolor.client.errors import LangcolorError
 from langcolor.client.remote import AuthenticationError, RemoteStages, RequestRejectedError, TlsError
 from langcolor.server.launcher import GrpcTls, TritonServer, free_ports
+from test_bad_inputs import _check_message
 
 pytestmark = pytest.mark.server
 
@@ -129,16 +134,6 @@ def test_inference_needs_the_key_and_health_does_not(secured, tls_certs, protoco
     finally:
         client.close()
 
-    # The client: a clear, typed refusal at once (no retries), then the right key works.
-    tls = TlsFiles(tls_certs.ca_pem) if protocol == "grpc" else None
-    for key, words in ((None, "no API key was sent"), (WRONG, "not the one it expects")):
-        with pytest.raises(AuthenticationError, match=words) as info:
-            RemoteStages(_url(secured, protocol), endpoint=True, api_key=key, tls=tls, backoff_s=5.0)
-        assert KEY not in str(info.value) and WRONG not in str(info.value) and WRONG not in repr(info.value)
-    with RemoteStages(_url(secured, protocol), endpoint=True, api_key=KEY, tls=tls) as remote:
-        answer = remote.colorize_bytes(photo_png(), CAPTION)
-    assert Image.open(io.BytesIO(answer.data)).size == (128, 128)
-
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_repository_logging_and_trace_take_the_admin_key_only(secured, tls_certs, protocol):
@@ -163,20 +158,55 @@ def test_repository_logging_and_trace_take_the_admin_key_only(secured, tls_certs
         client.close()
 
 
-def test_grpc_tls_refusals_are_clear(secured, tls_certs, triton_server):
+def _access_pairs() -> list:
+    return [pytest.param((c, b), id=f"{c.name}@{b}") for c, b in table.pairs() if c.kind == "access"]
+
+
+@pytest.mark.parametrize("pair", _access_pairs())
+def test_access_table(pair, secured, tls_certs, request):
+    """Each ``access`` row through the client: the error it must give (typed, at once, never retried)
+    or a colorized photo; no key in any message or repr."""
+    case, where = pair
+    access: Access = case.make(None)
+    protocol, expect = where.split("-")[1], case.expect_at(where)
+    key = {"right": KEY, "wrong": WRONG, None: None}[access.key]
+    cas = {"right": tls_certs.ca_pem, "wrong": tls_certs.wrongca_pem, None: None}
+    if protocol == "grpc":
+        # TLS to a plaintext port: the session's server, which has no TLS.
+        server = request.getfixturevalue("triton_server") if access.plaintext_server else secured
+        scheme = "grpcs" if access.tls else "grpc"
+        tls = TlsFiles(cas[access.ca]) if access.tls and access.ca else None
+        address = server.endpoints.grpc_url
+    else:  # Triton's HTTP is plaintext; "TLS to a plaintext port" is https:// to it
+        scheme = "https" if access.plaintext_server else "http"
+        tls = TlsFiles(tls_certs.ca_pem) if access.plaintext_server else None
+        address = secured.endpoints.http_url
+    start = time.monotonic()
+    try:
+        if access.api == "repository":  # raw: the client has no repository call
+            module, client = _raw_client(secured, protocol, tls_certs)
+            try:
+                client.get_model_repository_index(headers=_headers(protocol, key))
+            finally:
+                client.close()
+        else:
+            with RemoteStages(f"{scheme}://{address}", endpoint=True, api_key=key, tls=tls, backoff_s=5.0) as remote:
+                assert remote.colorize_bytes(photo_png(), CAPTION).data.startswith(b"\x89PNG")
+    except (LangcolorError, InferenceServerException) as e:
+        message = e.message() if isinstance(e, InferenceServerException) else str(e)
+        _check_message(message, case, where)
+        if access.api != "repository":  # typed, and at once: a retry would have slept 5 s
+            assert isinstance(e, (AuthenticationError, TlsError)), type(e)
+            assert time.monotonic() - start < 5.0
+        for secret in (KEY, WRONG):
+            assert secret not in message and secret not in repr(e)
+    else:
+        assert expect == ACCEPTED, f"{case.name}@{where}: accepted, expected /{expect}/"
+
+
+def test_tls_files_turn_tls_on_for_a_bare_address(secured, tls_certs):
     grpc = secured.endpoints.grpc_url
-    with pytest.raises(TlsError, match=r"not trusted: not signed by the CA in .*wrongca\.pem.*CERTIFICATE_VERIFY_FAILED"):
-        RemoteStages(f"grpcs://{grpc}", endpoint=True, api_key=KEY, tls=TlsFiles(tls_certs.wrongca_pem))
-    with pytest.raises(TlsError, match=r"not signed by the system's CAs \(give --tls-ca FILE\)"):
-        RemoteStages(f"grpcs://{grpc}", endpoint=True, api_key=KEY)
-    with pytest.raises(TlsError, match=rf"{grpc} speaks TLS and this client does not: use grpcs://{grpc}"):
-        RemoteStages(f"grpc://{grpc}", endpoint=True, api_key=KEY)
-    with pytest.raises(TlsError, match=rf"{grpc} speaks TLS and this client does not"):  # a bare HOST:PORT too
-        RemoteStages(grpc, endpoint=True, api_key=KEY, backoff_s=5.0)
-    plain = triton_server.endpoints.grpc_url  # the session's plaintext server
-    with pytest.raises(TlsError, match=rf"does not speak TLS: use grpc://{plain}"):
-        RemoteStages(f"grpcs://{plain}", endpoint=True, tls=TlsFiles(tls_certs.ca_pem))
-    with RemoteStages(grpc, endpoint=True, api_key=KEY, tls=TlsFiles(tls_certs.ca_pem)) as remote:  # --tls-ca: TLS
+    with RemoteStages(grpc, endpoint=True, api_key=KEY, tls=TlsFiles(tls_certs.ca_pem)) as remote:
         assert remote.colorize_bytes(photo_png(), CAPTION).data.startswith(b"\x89PNG")
 
 
