@@ -16,10 +16,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from langcolor.client import families, names
-from langcolor.client.errors import LangcolorError, clip
+from langcolor.client.errors import LangcolorError
 from langcolor.client.spec import ModelGeometry, ensemble_spec, stage_specs
 
-from .triton_backend import invalid
+from .triton_backend import execute_batched
 
 
 class PipelineModel:
@@ -48,42 +48,6 @@ class PipelineModel:
             raise LangcolorError(f"{spec.model_name}: {response.error().message()}")
         return {n: pb_utils.get_output_tensor_by_name(response, n).as_numpy() for n in spec.output_names}
 
-    def _read(self, request) -> dict[str, np.ndarray]:
-        arrays = {}
-        for t in self.spec.inputs:
-            tensor = pb_utils.get_input_tensor_by_name(request, t.name)
-            if tensor is None:
-                raise LangcolorError(f"missing input {t.name}")
-            array = tensor.as_numpy()
-            t.validate(array)
-            t.validate_values(array)
-            arrays[t.name] = array
-        if len({a.shape[0] for a in arrays.values()}) != 1:
-            raise LangcolorError("inputs disagree on the batch size")
-        return arrays
-
     def execute(self, requests: list) -> list:
-        responses: list = [None] * len(requests)
-        good: list[tuple[int, dict[str, np.ndarray]]] = []
-        for i, request in enumerate(requests):
-            try:
-                good.append((i, self._read(request)))
-            except LangcolorError as e:
-                responses[i] = pb_utils.InferenceResponse(error=invalid(f"{self.name}: {e}"))
-        if not good:
-            return responses
-        feeds = {t.name: np.concatenate([a[t.name] for _, a in good]) for t in self.spec.inputs}
-        try:
-            outputs = self.driver.run(self._call_stage, feeds, self.geometry)
-        except Exception as e:  # a stage failed: the batch fails, the model stays up
-            for i, _ in good:
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(clip(f"{self.name}: {e}")))
-            return responses
-        start = 0
-        for i, arrays in good:
-            n = next(iter(arrays.values())).shape[0]
-            tensors = [pb_utils.Tensor(t.name, np.ascontiguousarray(outputs[t.name][start : start + n], dtype=t.dtype))
-                       for t in self.spec.outputs]
-            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
-            start += n
-        return responses
+        run = lambda feeds: self.driver.run(self._call_stage, feeds, self.geometry)  # noqa: E731
+        return execute_batched(self.name, requests, self.spec.inputs, self.spec.outputs, run)

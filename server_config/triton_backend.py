@@ -52,3 +52,50 @@ def invalid(message: str):
     code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
     message = clip(message)
     return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
+
+def execute_batched(name: str, requests: list, inputs, outputs, compute) -> list:
+    """The requests of one dynamic batch, each checked on its own against ``inputs`` (``TensorSpec``s:
+    shape, dtype, finite values, declared range); a bad one is answered with its error alone, the good
+    ones are concatenated on the batch axis, run by ``compute(feeds) -> {name: array}`` once, and the
+    outputs (``TensorSpec``s) split back in order. A failing ``compute`` fails the batch, not the model."""
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+    from langcolor.client.errors import LangcolorError
+
+    responses: list = [None] * len(requests)
+    good: list[tuple[int, dict]] = []
+    for i, request in enumerate(requests):
+        try:
+            arrays = {}
+            for t in inputs:
+                tensor = pb_utils.get_input_tensor_by_name(request, t.name)
+                if tensor is None:
+                    raise LangcolorError(f"missing input {t.name}")
+                array = tensor.as_numpy()
+                t.validate(array)
+                t.validate_values(array)
+                arrays[t.name] = array
+            if len({a.shape[0] for a in arrays.values()}) != 1:
+                raise LangcolorError(f"inputs disagree on the batch size: {sorted({a.shape[0] for a in arrays.values()})}")
+            good.append((i, arrays))
+        except LangcolorError as e:
+            responses[i] = pb_utils.InferenceResponse(error=invalid(f"{name}: {e}"))
+    if not good:
+        return responses
+    feeds = {t.name: np.concatenate([a[t.name] for _, a in good]) for t in inputs}  # (sum n, ...)
+    try:
+        result = compute(feeds)
+    except Exception as e:  # onnxruntime, a stage behind BLS: the batch fails, the model stays up
+        for i, _ in good:
+            responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(clip(f"{name}: {e}")))
+        return responses
+    start = 0
+    for i, arrays in good:
+        n = next(iter(arrays.values())).shape[0]
+        tensors = [pb_utils.Tensor(t.name, np.ascontiguousarray(result[t.name][start : start + n], dtype=t.dtype))
+                   for t in outputs]
+        responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+        start += n
+    return responses
