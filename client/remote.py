@@ -402,7 +402,7 @@ class RemoteStages:
                 return ServerUnavailableError(f"{self.url} answers Triton's HTTP protocol, not GRPC: use http://{self.url}")
             return self._not_tls()
         if speaks == "tls":  # both speak TLS and the server still hung up: it wants another client certificate
-            if error is not None and "Socket closed" in _message(error) or isinstance(error, ssl.SSLError):
+            if isinstance(error, ssl.SSLError) or (error is not None and "Socket closed" in _message(error)):
                 have = "the client certificate given" if self.tls.cert else "no client certificate (--tls-cert, --tls-key)"
                 return TlsError(f"{self._where()} closed the TLS connection: it asks for a client certificate signed "
                                 f"by a CA it trusts (mutual TLS), and this client sent {have}")
