@@ -62,8 +62,9 @@ def load_settings(path: Path = SETTINGS_FILE) -> dict[str, str]:
 LIMITS_HELP = f"""\
 limits (a request over one is refused, with an error that names it, for that request alone):
   request body     Triton 2.51 has no limit of its own: it reads a whole request into memory before
-                   checking it (a 600 MiB body costs it ~1.5 GB). Off loopback, cap it at the TLS
-                   proxy in front: client_max_body_size 16m in server_config/nginx.conf.tmpl.
+                   checking anything, the key included (300 MiB without a key: +300 MB over HTTP,
+                   +700 MB over gRPC). Off loopback, cap it at the TLS proxy in front:
+                   client_max_body_size 16m in server_config/nginx.conf.tmpl.
   image pixels     {DEFAULT_MAX_PIXELS} per image by default, read from the file's header before any
                    pixel is decoded: the colorize config's max_pixels (langcolor export --max-pixels).
   caption length   T words or word pieces, the family's own (lcode 16, lcoins 24); `langcolor models` shows T.
@@ -99,7 +100,8 @@ def exposure_warnings(host: str, api_key: bool, grpc_tls: bool) -> list[str]:
         lines.append(f"gRPC on {host} is plaintext: the API key crosses the network readable by anyone on the "
                      "path; give --grpc-tls-cert and --grpc-tls-key.")
     lines.append(f"HTTP on {host} is plaintext (Triton 2.51 has no HTTP TLS): the API key crosses the network "
-                 "readable; serve HTTPS from the TLS proxy in front (server_config/README.md).")
+                 "readable; serve HTTPS from the TLS proxy in front (server_config/README.md), which also caps "
+                 "the request size: Triton reads any request whole, with or without the key, before refusing it.")
     lines.append("The metrics port cannot be restricted: it tells anyone model names and request counts.")
     return lines + ["Add --insecure to silence this warning."]
 

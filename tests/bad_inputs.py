@@ -484,7 +484,8 @@ Defaults that hold this line (each checked by a test):
   command line only, so the keys are in `tritonserver`'s process arguments, which local users can list
   (a container's PID namespace hides them from the host's other users).
 - gRPC TLS is Triton's own (`--grpc-tls-cert`, optional mutual TLS). Triton 2.51's HTTP has no TLS,
-  and no request size limit: it reads any body whole before checking it (600 MiB cost it 1.5 GB).
+  and no request size limit: it reads any body whole before checking anything, the key included (a
+  300 MiB request without the key cost it 300 MB over HTTP, 700 MB over gRPC, before the refusal).
   Off loopback, the nginx proxy of `server_config/nginx.conf.tmpl` serves HTTPS and gRPC over TLS and
   caps the body: one byte over `client_max_body_size` is answered 413 before Triton sees it, and the
   client raises `RequestTooLargeError` (tests/test_security_proxy.py).
