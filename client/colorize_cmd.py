@@ -6,18 +6,23 @@ from the families' declared inputs; a flag the chosen ``--model`` does not take 
 that can be checked cheaply (output path, inputs) is checked before the model is loaded or the photo
 decoded; every user error is a ``LangcolorError`` that the CLI prints as one line with exit status 2.
 The output is written atomically, so a failure never leaves half a file.
+
+A family that samples (one with a ``--seed`` input) draws ``--samples N`` colourings with seeds
+S..S+N-1, written to ``OUT_0.png`` ... ``OUT_{N-1}.png``; in-process they run as one batch.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from . import families
 from .connection import add_server_flags, connection_options
 from .imageio import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION
 
 RECONSTRUCT_THREADS = 2  # one photo: split its rows over two threads (the full-resolution step)
+SEED_INPUT = "seed"  # the input a sampling family draws with: --samples N runs seeds S..S+N-1
 
 
 def add_input_flags(p: argparse.ArgumentParser) -> None:
@@ -57,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--model-repository", default=None, metavar="DIR",
         help="model repository (default: the shipped model_repository/, or $LANGCOLOR_MODEL_REPOSITORY)",
     )
+    p.add_argument("--samples", type=int, default=1, metavar="N",
+                   help="for a model that samples (one with --seed): N colourings with seeds S..S+N-1 "
+                   "(S = --seed, default 0), written to OUT_0.png ... OUT_{N-1}.png")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
     p.add_argument(
@@ -69,6 +77,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def sample_inputs(inputs: dict[str, str], family: str, samples: int) -> list[dict[str, str]]:
+    """The inputs of each of ``samples`` colourings: the same, but seeds S..S+N-1 (S = the given
+    seed, else 0). Any family with a ``seed`` input samples; the family checks each seed's range."""
+    from .errors import LangcolorError
+
+    if samples < 1:
+        raise LangcolorError(f"--samples must be at least 1, got {samples}")
+    if samples == 1:
+        return [inputs]
+    if SEED_INPUT not in families.get(family).input_names:
+        raise LangcolorError(f"model '{family}' takes no seed: --samples needs a model that samples (see `langcolor models`)")
+    try:
+        start = int(inputs.get(SEED_INPUT, "0"))
+    except ValueError as e:
+        raise LangcolorError(f"--seed must be an integer with --samples, got {inputs[SEED_INPUT]!r}") from e
+    return [{**inputs, SEED_INPUT: str(start + k)} for k in range(samples)]
+
+
+def sample_paths(out: Path, samples: int) -> list[Path]:
+    """OUT itself for one colouring; OUT_0.ext ... OUT_{N-1}.ext for N."""
+    return [out] if samples == 1 else [out.with_name(f"{out.stem}_{k}{out.suffix}") for k in range(samples)]
+
+
 def print_notes(notes) -> None:
     for note in notes:
         print(note.message)
@@ -78,8 +109,11 @@ def run(args: argparse.Namespace) -> int:
     from .colorizer import Colorizer  # here so `langcolor --help` stays fast
     from .outputs import check_output_path
 
-    out = check_output_path(args.output)
+    from .imageio import read_bytes
+
     inputs = given_inputs(args, args.model)
+    draws = sample_inputs(inputs, args.model, args.samples)
+    outs = [check_output_path(path) for path in sample_paths(check_output_path(args.output), len(draws))]
     t0 = time.perf_counter()
     colorizer = Colorizer(
         model=args.model,
@@ -92,12 +126,19 @@ def run(args: argparse.Namespace) -> int:
         **connection_options(args),
     )
     try:
-        result = colorizer.colorize(args.photo, threads=RECONSTRUCT_THREADS, **inputs)
-        colorizer.save(result, out, png_compression=args.png_compression, jpeg_quality=args.jpeg_quality)
+        if len(draws) == 1:
+            results = [colorizer.colorize(args.photo, threads=RECONSTRUCT_THREADS, **inputs)]
+        else:  # one read of the file; in-process, the samples run as one batch
+            photo = read_bytes(args.photo)
+            results = colorizer.colorize_many([(photo, values) for values in draws], threads=RECONSTRUCT_THREADS)
+        for result, out in zip(results, outs):
+            colorizer.save(result, out, png_compression=args.png_compression, jpeg_quality=args.jpeg_quality)
     finally:
         colorizer.close()
-    h, w = result.rgb.shape[:2]
+    h, w = results[0].rgb.shape[:2]
     where = f"server {args.server} ({colorizer.via})" if args.server else "in-process"
-    print_notes(result.notes)
-    print(f"wrote {out} ({w}x{h}, {where}, {time.perf_counter() - t0:.2f} s)")
+    for result in results:
+        print_notes(result.notes)
+    written = str(outs[0]) if len(outs) == 1 else f"{outs[0]} ... {outs[-1]} ({len(outs)} samples)"
+    print(f"wrote {written} ({w}x{h}, {where}, {time.perf_counter() - t0:.2f} s)")
     return 0
