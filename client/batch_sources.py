@@ -65,15 +65,25 @@ class BatchPlan:
 def read_manifest(path: Path, fields: tuple[InputField, ...]) -> list[ManifestEntry]:
     """Parse a CSV (header ``path`` plus input columns) or JSONL manifest; raise naming the bad line."""
     path = Path(path)
-    suffix = path.suffix.lower()
+    if path.suffix.lower() not in MANIFEST_EXTENSIONS:
+        raise LangcolorError(f"{path}: a manifest must end in .csv or .jsonl")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise LangcolorError(f"cannot read manifest {path}: {e.strerror or e}") from e
+    return parse_manifest(path, data, fields)
+
+
+def parse_manifest(path: Path | str, data: bytes, fields: tuple[InputField, ...]) -> list[ManifestEntry]:
+    """``read_manifest`` on a manifest's bytes (``path`` names it in messages and gives its suffix),
+    for a manifest that is not a local file (an object in a bucket)."""
+    suffix = PurePosixPath(str(path)).suffix.lower()
     if suffix not in MANIFEST_EXTENSIONS:
         raise LangcolorError(f"{path}: a manifest must end in .csv or .jsonl")
     try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as e:
-        raise LangcolorError(f"cannot read manifest {path}: {e.strerror or e}") from e
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        line = data[: e.start].count(b"\n") + 1
         raise LangcolorError(f"{path}:{line}: manifest is not valid UTF-8") from e
     names = tuple(f.name for f in fields)
     entries = _read_csv(path, text, names) if suffix == ".csv" else _read_jsonl(path, text, names)
@@ -200,7 +210,7 @@ def output_name(rel: str, fmt: str) -> tuple[str, str]:
 
 def plan_batch(
     source: Path,
-    output: Path,
+    output: Path | None,
     manifest: Path | None = None,
     defaults: dict[str, str] | None = None,
     fmt: str = "png",
@@ -221,9 +231,10 @@ def plan_batch(
         if manifest:
             raise LangcolorError("--manifest goes with a source folder; a manifest source already holds the inputs")
         root, manifest = source.parent.resolve(), source
-    out = Path(output).absolute().resolve()
-    if _inside(out, root) or _inside(root, out):
-        raise LangcolorError(f"output folder {out} and source tree {root} overlap; choose an output folder outside it")
+    if output is not None:  # None: the output is not a local folder (an S3 prefix), so it cannot overlap
+        out = Path(output).absolute().resolve()
+        if _inside(out, root) or _inside(root, out):
+            raise LangcolorError(f"output folder {out} and source tree {root} overlap; choose an output folder outside it")
     kinds = {f.name: f.kind for f in fields}
     defaults = {k: v for k, v in (defaults or {}).items() if v is not None and v.strip()}
     for key, value in defaults.items():
