@@ -18,11 +18,12 @@ from .imageio import DEFAULT_MAX_PIXELS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", type=Path, metavar="SRC",
-                        help="folder of photos (walked recursively) or a CSV/JSONL manifest (path + the model's inputs)")
-    parser.add_argument("--output", "-o", type=Path, required=True, metavar="DIR",
-                        help="output folder (outside the source tree); relative paths are kept")
-    parser.add_argument("--manifest", "--captions", dest="manifest", type=Path, metavar="FILE",
+    parser.add_argument("source", type=location, metavar="SRC",
+                        help="folder of photos (walked recursively) or a CSV/JSONL manifest (path + the model's inputs); "
+                        "with --ray also an s3://bucket/prefix")
+    parser.add_argument("--output", "-o", type=location, required=True, metavar="DIR",
+                        help="output folder (outside the source tree); relative paths are kept; with --ray also s3://")
+    parser.add_argument("--manifest", "--captions", dest="manifest", type=location, metavar="FILE",
                         help="CSV (path,caption,...) or JSONL manifest of inputs for a folder SRC, paths relative to SRC")
     parser.add_argument("--model", default=families.DEFAULT_FAMILY, choices=families.names(),
                         help="model family (`langcolor models` describes each)")
@@ -46,18 +47,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model repository (default: the shipped one); with --server --via ensemble its "
                         "manifest and assets are read, and must match the served model")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .batch_ray_cmd import add_ray_flags  # the distributed run's flags (docs/scale-out.md)
+
+    add_ray_flags(parser)
+
+
+def location(text: str) -> Path | str:
+    """A local path, or an ``s3://`` location kept as text (a Path would fold its double slash)."""
+    return text if text.startswith("s3://") else Path(text)
 
 
 def run(args: argparse.Namespace) -> int:
     from .errors import LangcolorError
 
     record = families.get(args.model)
+    if args.ray is None and any(isinstance(v, str) for v in (args.source, args.output, args.manifest)):
+        raise LangcolorError("s3:// sources and outputs run with --ray (--ray local on this machine alone)")
     given = {k.removeprefix("input__"): v for k, v in vars(args).items() if k.startswith("input__") and v is not None}
     foreign = sorted(set(given) - set(record.input_names))
     if foreign:
         raise LangcolorError(f"model '{record.name}' does not take {', '.join('--' + n for n in foreign)}")
     needs = [f.name for f in record.inputs if f.required and f.name not in given]
-    if needs and args.manifest is None and args.source.is_dir():
+    if needs and args.manifest is None and (args.source.is_dir() if isinstance(args.source, Path) else not args.source.endswith((".csv", ".jsonl"))):
         flags = " and ".join(f"--{n}" for n in needs)
         raise LangcolorError(f"a folder SRC needs --manifest FILE or {flags} (model '{record.name}' needs {', '.join(needs)})")
     for flag, value in (("--batch-size", args.batch_size), ("--max-pixels", args.max_pixels)):
@@ -83,7 +94,12 @@ def run(args: argparse.Namespace) -> int:
         **connection_options(args),
     )
     with logging_redirect_tqdm():  # warnings about bad files print above the progress bar, not through it
-        summary = run_batch(options)
+        if args.ray is not None:
+            from .batch_ray_cmd import run_on_ray
+
+            summary = run_on_ray(options, args)
+        else:
+            summary = run_batch(options)
     print(
         f"done {summary.done}, already done {summary.already_done}, skipped {summary.skipped}, "
         f"failed {summary.failed} of {summary.total} in {summary.seconds:.1f} s ({summary.images_per_s:.2f} images/s)"
