@@ -101,9 +101,9 @@ class Fusion(nn.Module):
         return self.project(torch.cat([emb, s], 1))
 
 
-def _gate(x: torch.Tensor) -> torch.Tensor:
-    a, b = x.split(x.shape[1] // 2, 1)  # split, not chunk: one ONNX Split instead of shape arithmetic
-    return torch.tanh(a) * torch.sigmoid(b)
+def _gate(x: torch.Tensor, channels: int) -> torch.Tensor:
+    # The halves by a fixed count, not x.shape: the exported graph then needs no shape arithmetic.
+    return torch.tanh(x[:, :channels]) * torch.sigmoid(x[:, channels:])
 
 
 class Decoder(nn.Module):
@@ -133,22 +133,22 @@ class Decoder(nn.Module):
         self.h_out = nn.ModuleList(nn.Conv2d(c, c, 1) for _ in range(n))
         self.head = nn.Sequential(nn.ELU(), nn.Conv2d(c, c, 1), nn.ELU(), nn.Conv2d(c, cfg.mix_channels, 1))
 
-    def _stacks(self, v_terms: torch.Tensor, h_terms: torch.Tensor, x: torch.Tensor,
+    def _stacks(self, v_terms: torch.Tensor, h_terms: torch.Tensor, x: torch.Tensor, rows: int, last: int,
                 valid: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B,2,H,W] (values in [-1, 1]) and v_terms [B,n*2C,H,W]: the rows the vertical stack runs
-        on; h_terms [B,n*2C,H',W]: the last H' of them, where the horizontal stack runs.
-        ``valid`` [B,1,H,1] zeroes rows above the canvas, as the zero padding of ``full`` does.
+        """x [B,2,H,W] (values in [-1, 1]) and v_terms [B,n*2C,H,W]: the ``rows`` = H rows the vertical
+        stack runs on; h_terms [B,n*2C,H',W]: the ``last`` = H' of them, where the horizontal stack
+        runs. ``valid`` [B,1,H,1] zeroes rows above the canvas, as the zero padding of ``full`` does.
         -> MIX [B,6M,H',W]."""
-        rows, width, last = x.shape[2], x.shape[3], h_terms.shape[2]
-        step = 2 * self.channels
-        v_terms, h_terms = v_terms.split(step, 1), h_terms.split(step, 1)  # per layer [B,2C,·,W]
+        c, width = self.channels, self.side
+        v_terms = [v_terms[:, 2 * c * i : 2 * c * (i + 1)] for i in range(self.layers)]  # per layer [B,2C,H,W]
+        h_terms = [h_terms[:, 2 * c * i : 2 * c * (i + 1)] for i in range(self.layers)]  # per layer [B,2C,H',W]
         tail = lambda t: t[:, :, rows - last :]  # noqa: E731  (the horizontal stack's rows)
         r, half = self.reach, self.v_first.kernel_size[1] // 2
         # First layer: strictly above (rows i-r..i-1) and strictly left (columns j-r..j-1).
         v_pre = self.v_first(F.pad(x, (half, half, r, 0)))[:, :, :rows]  # [B,2C,H,W]
         h_pre = self.h_first(F.pad(tail(x), (r, 0, 0, 0)))[:, :, :, :width]  # [B,2C,H',W]
-        v = _gate(v_pre + v_terms[0])
-        h = self.h_out[0](_gate(h_pre + self.v_to_h[0](tail(v_pre)) + h_terms[0]))  # [B,C,H',W]
+        v = _gate(v_pre + v_terms[0], c)
+        h = self.h_out[0](_gate(h_pre + self.v_to_h[0](tail(v_pre)) + h_terms[0], c))  # [B,C,H',W]
         for i in range(1, self.layers):
             if valid is not None:
                 v = v * valid
@@ -156,14 +156,14 @@ class Decoder(nn.Module):
             v_pre = self.v_convs[i - 1](F.pad(v, (1, 1, 1, 0)))
             h_pre = self.h_convs[i - 1](F.pad(h, (1, 0, 0, 0)))
             if i + 1 < self.layers:  # the last layer's vertical output feeds nothing
-                v = _gate(v_pre + v_terms[i])
-            h = h + self.h_out[i](_gate(h_pre + self.v_to_h[i](tail(v_pre)) + h_terms[i]))
+                v = _gate(v_pre + v_terms[i], c)
+            h = h + self.h_out[i](_gate(h_pre + self.v_to_h[i](tail(v_pre)) + h_terms[i], c))
         return mixture.bound(self.head(h), self.mixtures)
 
     def full(self, cond: torch.Tensor, canvas: torch.Tensor) -> torch.Tensor:
         """Every pixel at once: MIX [B,6M,Q,Q] from COND [B,·,Q,Q] and the canvas [B,2,Q,Q] (Lab units)."""
-        v_terms, h_terms = cond.split(cond.shape[1] // 2, 1)
-        return self._stacks(v_terms, h_terms, canvas / AB_SCALE)
+        half = self.layers * 2 * self.channels
+        return self._stacks(cond[:, :half], cond[:, half:], canvas / AB_SCALE, self.side, self.side)
 
     def forward(self, cond: torch.Tensor, canvas: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
         """One row: MIX [B,6M,Q] of row ``row`` [B,1] (int64) of each image (rows may differ per image)."""
@@ -172,9 +172,11 @@ class Decoder(nn.Module):
         # a matmul with it copies rows exactly and keeps the graph free of shape arithmetic.
         select = (rows[:, :, None] == torch.arange(self.side, dtype=row.dtype)).to(cond.dtype)[:, None]
         valid = (rows >= 0).to(cond.dtype)[:, None, :, None]  # [B,1,K,1]
-        v_terms, h_terms = cond.split(cond.shape[1] // 2, 1)
-        mix = self._stacks(select @ v_terms, select[:, :, -1:] @ h_terms, select @ (canvas / AB_SCALE), valid)
-        return mix.squeeze(2)  # [B,6M,Q]
+        half = self.layers * 2 * self.channels
+        band = self.band + 1
+        mix = self._stacks(select @ cond[:, :half], select[:, :, band - 1 :] @ cond[:, half:],
+                           select @ (canvas / AB_SCALE), band, 1, valid)
+        return mix[:, :, 0]  # [B,6M,Q]
 
 
 class SemanticNet(nn.Module):
