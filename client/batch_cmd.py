@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-repository", type=Path,
                         help="model repository (default: the shipped one); with --server --via ensemble its "
                         "manifest and assets are read, and must match the served model")
+    parser.add_argument("--samples", type=int, default=1, metavar="N",
+                        help="for a model that samples (one with --seed): N colourings of every image, with seeds "
+                        "S..S+N-1 (S = --seed, default 0), in DIR/sample_0 ... DIR/sample_{N-1}")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     from .batch_ray_cmd import add_ray_flags  # the distributed run's flags (docs/scale-out.md)
 
@@ -57,7 +60,27 @@ def location(text: str) -> Path | str:
     return text if text.startswith("s3://") else Path(text)
 
 
+def sample_output(output: Path | str, k: int) -> Path | str:
+    """Where sample ``k`` of a ``--samples`` run goes: a ``sample_k`` folder under the output."""
+    return f"{output.rstrip('/')}/sample_{k}" if isinstance(output, str) else output / f"sample_{k}"
+
+
+def _no_manifest_seeds(args: argparse.Namespace, record) -> None:
+    """--samples sets every image's seed; a manifest that sets them too would repeat one sample N times."""
+    from .batch_sources import read_manifest
+    from .colorize_cmd import SEED_INPUT
+    from .errors import LangcolorError
+
+    manifest = args.manifest or (args.source if isinstance(args.source, Path) and args.source.is_file() else None)
+    if isinstance(manifest, Path) and any(SEED_INPUT in e.values for e in read_manifest(manifest, record.inputs)):
+        raise LangcolorError(f"{manifest} sets seeds per image; --samples draws seeds S..S+N-1 for every image: "
+                             "drop the seed column, or run without --samples")
+
+
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .colorize_cmd import SEED_INPUT, sample_inputs
     from .errors import LangcolorError
 
     record = families.get(args.model)
@@ -74,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--batch-size", args.batch_size), ("--max-pixels", args.max_pixels)):
         if value < 1:
             raise LangcolorError(f"{flag} must be at least 1")
+    draws = sample_inputs(given, record.name, args.samples)
+    if len(draws) > 1:
+        _no_manifest_seeds(args, record)
     options = BatchOptions(
         source=args.source,
         output=args.output,
@@ -93,6 +119,16 @@ def run(args: argparse.Namespace) -> int:
         server_wait_s=args.server_wait,
         **connection_options(args),
     )
+    ok = True
+    for k, values in enumerate(draws):
+        run_options = options if len(draws) == 1 else replace(options, inputs=values, output=sample_output(args.output, k))
+        if len(draws) > 1:
+            print(f"sample {k} (seed {values.get(SEED_INPUT, '0')}) -> {run_options.output}")
+        ok = _run_one(run_options, args) and ok
+    return 0 if ok else 1
+
+
+def _run_one(options: BatchOptions, args: argparse.Namespace) -> bool:
     with logging_redirect_tqdm():  # warnings about bad files print above the progress bar, not through it
         if args.ray is not None:
             from .batch_ray_cmd import run_on_ray
@@ -105,9 +141,9 @@ def run(args: argparse.Namespace) -> int:
         f"failed {summary.failed} of {summary.total} in {summary.seconds:.1f} s ({summary.images_per_s:.2f} images/s)"
     )
     for kind, count in sorted(summary.notes.items()):
-        print(f"note: {count} image(s) with '{kind}' (see the notes in {args.output}/.langcolor/records.jsonl)")
+        print(f"note: {count} image(s) with '{kind}' (see the notes in {options.output}/.langcolor/records.jsonl)")
     if summary.failed:
         print(f"failures: {summary.report}")
     if summary.aborted:
         print(f"stopped early: {summary.aborted}; rerun the same command to finish", file=sys.stderr)
-    return 0 if summary.ok else 1
+    return summary.ok

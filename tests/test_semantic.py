@@ -29,6 +29,7 @@ NAME = "semantic"
 
 
 def _net(config: str = "tiny", seed: int = 0) -> network.SemanticNet:
+    torch.set_num_threads(1)
     torch.manual_seed(seed)
     cfg = CONFIGS[config]
     net = network.build(cfg, cfg.geometry()).eval()
@@ -153,7 +154,8 @@ def repository(tmp_path_factory):
     result = train(TrainOptions(config="tiny", steps=3, batch_size=4, family=NAME, checkpoint_every=3),
                    tmp_path_factory.mktemp("semantic_run"), progress=False)
     root = tmp_path_factory.mktemp("semantic_repo") / "repo"
-    (exported,) = write_repository([ExportEntry.from_checkpoint(load_checkpoint(result.weights))], root)
+    entry = ExportEntry.from_checkpoint(load_checkpoint(result.weights), checkpoint=str(result.weights))
+    (exported,) = write_repository([entry], root)
     return root, exported
 
 
@@ -277,3 +279,58 @@ def test_the_family_needs_nothing_but_the_photo_and_keeps_its_lightness(reposito
     l_in = rgb_to_lab(rgb / 255.0)[..., 0]
     assert result.rgb.shape == rgb.shape and np.abs(rgb_to_lab(result.rgb / 255.0)[..., 0] - l_in).max() < 0.3
     assert np.abs(result.ab_small).max() <= AB_SCALE
+
+
+def test_batch_samples_writes_one_folder_per_seed_and_takes_seeds_from_a_manifest(repository, tmp_path, capsys):
+    from skimage import data as skdata
+
+    root, _ = repository
+    src = tmp_path / "scans"
+    src.mkdir()
+    _save(src, skdata.camera()[::6, ::6], "a.png")
+    _save(src, skdata.astronaut()[::6, ::6], "b.png")
+    out = tmp_path / "out"
+    assert main(["batch", str(src), "-o", str(out), "--model", NAME, "--samples", "2", "--seed", "5",
+                 "--model-repository", str(root), "--no-progress"]) == 0
+    capsys.readouterr()
+    pictures = {(k, n): np.asarray(Image.open(out / f"sample_{k}" / n)) for k in (0, 1) for n in ("a.png", "b.png")}
+    assert not np.array_equal(pictures[(0, "a.png")], pictures[(1, "a.png")])
+    col = Colorizer(model=NAME, model_repository=root)
+    assert np.array_equal(col.colorize(src / "b.png", seed="6").rgb, pictures[(1, "b.png")])  # sample 1 is seed 6
+    # A manifest may give each image its own seed and temperature (one colouring each) ...
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,seed,temperature\na.png,6,\nb.png,5,0\n")
+    one = tmp_path / "one"
+    assert main(["batch", str(src), "-o", str(one), "--manifest", str(manifest), "--model", NAME,
+                 "--model-repository", str(root), "--no-progress"]) == 0
+    assert np.array_equal(np.asarray(Image.open(one / "a.png")), pictures[(1, "a.png")])
+    assert np.array_equal(np.asarray(Image.open(one / "b.png")), col.colorize(src / "b.png", seed="5", temperature="0").rgb)
+    # ... but not with --samples, which sets every image's seed.
+    capsys.readouterr()
+    assert main(["batch", str(src), "-o", str(tmp_path / "x"), "--manifest", str(manifest), "--model", NAME,
+                 "--samples", "2", "--model-repository", str(root), "--no-progress"]) == 2
+    assert "sets seeds per image" in capsys.readouterr().err
+
+
+def test_the_benchmark_counts_the_sampling_loop_as_one_request(repository):
+    """``langcolor bench``'s e2e for a driven family is the loop: the decoder once per chroma pixel."""
+    from langcolor.benchmarks.flops import network_gflops_per_image
+    from langcolor.benchmarks.models import BenchModel
+    from langcolor.benchmarks.paths import E2E, onnxruntime_runner, pytorch_runner
+    from langcolor.client.runtime import ModelBundle
+    from langcolor.export.checkpoint import load_checkpoint
+
+    root, exported = repository
+    ckpt = load_checkpoint(exported.manifest.extra["checkpoint"])
+    torch.set_num_threads(1)
+    bm = BenchModel("tiny", ckpt.build_model(), ModelBundle.load(root, NAME), f"trained {ckpt.sha256[:12]}")
+    q = bm.geometry.image_size // 4
+    assert bm.stage_calls == {"encoder": 1, "fusion": 1, "decoder": q * q}
+    assert bm.user_values == {}  # the defaults: no seed, no temperature given
+    feeds = bm.inputs(2)
+    flops = network_gflops_per_image(bm.model, {k: torch.from_numpy(v) for k, v in feeds.items()})
+    assert flops["e2e"] == pytest.approx(flops["encoder"] + flops["fusion"] + q * q * flops["decoder"])
+    ort_out = onnxruntime_runner(bm).stage_calls(feeds)[E2E]()
+    torch_out = pytorch_runner(bm).stage_calls(feeds)[E2E]()
+    assert set(ort_out) == {"AB", SEG} and ort_out["AB"].shape == (2, 2, q, q)
+    assert np.abs(ort_out["AB"] - torch_out["AB"]).max() < 1e-3  # the same loop over either runtime
