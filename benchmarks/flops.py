@@ -107,10 +107,12 @@ def stage_gflops_per_image(stages: dict[str, nn.Module], stage_inputs: dict[str,
 
 def network_gflops_per_image(model: nn.Module, feeds: dict[str, torch.Tensor]) -> dict[str, float]:
     """Per-stage and ``e2e`` GFLOPs per image of a family's network (``.encoder/.fusion/.decoder``,
-    ``.geometry``) on its ensemble inputs ``feeds`` (image and conditions, batched)."""
+    ``.geometry``) on its ensemble inputs ``feeds`` (image and conditions, batched). ``e2e`` is one
+    request: each stage once, or as many times as the family's driver runs it (a sampler's decoder
+    once per step)."""
     from langcolor.client.spec import STAGES, stage_specs
 
-    from .models import stage_feeds, torch_stage
+    from .models import stage_calls_per_request, stage_feeds, torch_stage
 
     specs = stage_specs(model.geometry)
     with torch.no_grad():
@@ -118,7 +120,10 @@ def network_gflops_per_image(model: nn.Module, feeds: dict[str, torch.Tensor]) -
     stages = {s: getattr(model, s) for s in STAGES}
     inputs = {s: tuple(per_stage[s][n] for n in specs[s].input_names) for s in STAGES}
     batch = next(iter(feeds.values())).shape[0]
-    return stage_gflops_per_image(stages, inputs, batch)
+    out = stage_gflops_per_image(stages, inputs, batch)
+    calls = stage_calls_per_request(model, {k: v[:1].numpy() for k, v in feeds.items()})
+    out["e2e"] = sum(out[s] * calls[s] for s in STAGES)
+    return out
 
 
 @dataclass(frozen=True)

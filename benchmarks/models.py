@@ -59,15 +59,20 @@ def representative_values(record: families.Family) -> dict[str, Any]:
 
 
 def accepted_values(record: families.Family, conditioner) -> dict[str, Any] | None:
-    """``representative_values`` if the family's conditioner accepts them, else None (the benchmark
-    then draws the condition tensors at random within their declared ranges)."""
+    """``representative_values`` if the family's conditioner accepts them; else the required ones
+    alone (a user who leaves the optional inputs, a sampler's seed say, at their defaults); else
+    None (the benchmark then draws the condition tensors at random within their declared ranges)."""
     values = representative_values(record)
-    try:
-        conditioner.condition(values)
-    except LangcolorError as e:
-        log.info("family '%s' refuses the representative inputs (%s): random in-range conditions", record.name, e)
-        return None
-    return values
+    required = {f.name for f in record.inputs if f.required}
+    for candidate in (values, {k: v for k, v in values.items() if k in required}):
+        try:
+            conditioner.condition(candidate)
+        except LangcolorError as e:
+            log.info("family '%s' refuses the inputs %s (%s)", record.name, sorted(candidate), e)
+            continue
+        return candidate
+    log.info("family '%s' refuses the representative inputs: random in-range conditions", record.name)
+    return None
 
 
 def describe_values(values: Mapping[str, Any] | None) -> dict[str, str] | None:
@@ -95,9 +100,19 @@ RunStage = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]  # (stage, tens
 def stage_feeds(run_stage: RunStage, specs: Mapping[str, StageSpec], feeds: Mapping[str, Any]) -> dict[str, dict]:
     """Each stage's own inputs, in its spec's order: the image and conditions from ``feeds``, the rest
     from the previous stages' outputs (computed once with ``run_stage``, so a stage is timed on its
-    own path's tensors)."""
+    own path's tensors). A stage input that neither gives (what a driven family's driver feeds its
+    decoder at each step: a canvas, a position) is drawn within its declared range, seeded."""
+    from langcolor.export.onnx_export import sample_input
+
     tensors, out = dict(feeds), {}
+    batch = next(iter(feeds.values())).shape[0]
+    rng = np.random.default_rng(0)
     for stage in STAGES:
+        for t in specs[stage].inputs:
+            if t.name not in tensors:
+                drawn = sample_input(t, batch, rng)
+                like = next(iter(feeds.values()))
+                tensors[t.name] = torch.from_numpy(drawn).to(like.device) if isinstance(like, torch.Tensor) else drawn
         out[stage] = {n: tensors[n] for n in specs[stage].input_names}
         if stage != STAGES[-1]:
             tensors.update(run_stage(stage, out[stage]))
@@ -110,6 +125,43 @@ def run_chain(run_stage: RunStage, specs: Mapping[str, StageSpec], feeds: Mappin
     for stage in STAGES:
         tensors.update(run_stage(stage, {n: tensors[n] for n in specs[stage].input_names}))
     return {n: tensors[n] for n in specs[STAGES[-1]].output_names}
+
+
+def numpy_stage(run_stage: RunStage, specs: Mapping[str, StageSpec], device: str = "cpu") -> RunStage:
+    """A torch ``run_stage`` as a driver calls it: numpy in (each stage's inputs picked by name), numpy out."""
+    def call(stage: str, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        tensors = {n: torch.from_numpy(np.ascontiguousarray(feeds[n])).to(device) for n in specs[stage].input_names}
+        return {k: v.detach().cpu().numpy() for k, v in run_stage(stage, tensors).items()}
+
+    return call
+
+
+def run_request(run_stage: RunStage, specs: Mapping[str, StageSpec], feeds: Mapping[str, Any],
+                geometry: ModelGeometry, driver=None) -> dict:
+    """One request, as the family's own model answers it: the chain once, or the family's driver
+    running its stages in a loop (``run_stage`` then works on numpy arrays)."""
+    if driver is None:
+        return run_chain(run_stage, specs, feeds)
+    return driver.run(run_stage, {k: np.asarray(v) for k, v in feeds.items()}, geometry)
+
+
+def stage_calls_per_request(model: torch.nn.Module, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """How many times one request runs each stage: once each, or what the family's driver does
+    (counted by running it once on the PyTorch stages)."""
+    driver = families.get(model.geometry.family).driver
+    if driver is None:
+        return {s: 1 for s in STAGES}
+    specs = stage_specs(model.geometry)
+    counts = {s: 0 for s in STAGES}
+    inner = numpy_stage(lambda s, t: torch_stage(model, specs[s], t), specs)
+
+    def counting(stage: str, tensors):
+        counts[stage] += 1
+        return inner(stage, tensors)
+
+    with torch.inference_mode():
+        driver.run(counting, {k: np.asarray(v) for k, v in feeds.items()}, model.geometry)
+    return counts
 
 
 def torch_stage(model: torch.nn.Module, spec: StageSpec, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -186,6 +238,11 @@ class BenchModel:
         spec = ensemble_spec(self.geometry)
         return {n: feeds[n] for n in spec.input_names}
 
+    @cached_property
+    def stage_calls(self) -> dict[str, int]:
+        """Stage runs per request (a driven family's decoder runs once per step of its loop)."""
+        return stage_calls_per_request(self.model, self.inputs(1))
+
     def describe(self) -> dict:
         """What the run's JSON records about the network measured."""
         g = self.geometry
@@ -196,6 +253,8 @@ class BenchModel:
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "inputs": describe_values(self.user_values),
         }
+        if self.record.driver is not None:
+            out["stage_calls_per_request"] = self.stage_calls
         if g.tokens is not None:
             out["max_tokens"] = g.tokens.dims[0]
         if self.user_values and isinstance(self.user_values.get("caption"), str):

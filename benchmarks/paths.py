@@ -20,7 +20,7 @@ import torch
 from langcolor.client.runtime import OnnxStages, session_options, stage_path
 from langcolor.client.spec import STAGES, stage_specs
 
-from .models import BenchModel, RunStage, run_chain, stage_feeds, torch_stage
+from .models import BenchModel, RunStage, numpy_stage, run_request, stage_feeds, torch_stage
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +40,27 @@ class Runner:
 
 def chained_calls(run_stage: RunStage, specs, feeds, e2e: Callable[[], object] | None = None,
                   wrap: Callable[[Callable[[], object]], Callable[[], object]] = lambda f: f,
+                  bm: BenchModel | None = None, driver_stage: RunStage | None = None,
                   ) -> dict[str, Callable[[], object]]:
     """One call per stage on its own inputs (made once by ``run_stage``) and one end to end (``e2e``,
-    default: the three stages chained)."""
+    default: one request as the family's model answers it: the three stages chained, or ``bm``'s
+    driver looping over ``driver_stage``, the numpy face of ``run_stage``)."""
     per_stage = stage_feeds(run_stage, specs, feeds)
     calls = {stage: wrap(lambda s=stage: run_stage(s, per_stage[s])) for stage in STAGES}
-    calls[E2E] = wrap(e2e or (lambda: run_chain(run_stage, specs, feeds)))
+    driver = bm.record.driver if bm is not None else None
+    geometry = bm.geometry if bm is not None else None
+    whole = lambda: run_request(driver_stage or run_stage, specs, feeds, geometry, driver)  # noqa: E731
+    calls[E2E] = wrap(e2e or whole)
     return calls
 
 
-def _torch_calls(model: torch.nn.Module, specs, feeds: dict, wrap) -> dict[str, Callable[[], object]]:
+def _torch_calls(model: torch.nn.Module, specs, feeds: dict, wrap, bm: BenchModel | None = None,
+                 device: str = "cpu") -> dict[str, Callable[[], object]]:
     def run_stage(stage: str, tensors):
         return torch_stage(model, specs[stage], tensors)
 
     with torch.inference_mode():
-        return chained_calls(run_stage, specs, feeds, wrap=wrap)
+        return chained_calls(run_stage, specs, feeds, wrap=wrap, bm=bm, driver_stage=numpy_stage(run_stage, specs, device))
 
 
 def pytorch_runner(bm: BenchModel) -> Runner:
@@ -67,7 +73,7 @@ def pytorch_runner(bm: BenchModel) -> Runner:
         return call
 
     def calls(feeds: Feeds) -> dict[str, Callable[[], object]]:
-        return _torch_calls(model, specs, {k: torch.from_numpy(v) for k, v in feeds.items()}, timed)
+        return _torch_calls(model, specs, {k: torch.from_numpy(v) for k, v in feeds.items()}, timed, bm)
 
     return Runner("pytorch", "cpu", "fp32", calls, note=f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
@@ -137,7 +143,7 @@ def ort_variant_runner(bm: BenchModel, options: OrtOptions, providers: list[str]
     run_stage = _session_stage(sessions, specs)
 
     def calls(feeds: Feeds) -> dict[str, Callable[[], object]]:
-        return chained_calls(run_stage, specs, feeds)
+        return chained_calls(run_stage, specs, feeds, bm=bm)
 
     return Runner("onnxruntime", "cpu", "fp32", calls, note=options.label)
 
@@ -191,9 +197,9 @@ def pytorch_cuda_runner(bm: BenchModel, half: bool) -> Runner:
     def calls(feeds: Feeds) -> dict[str, Callable[[], object]]:
         tensors = {k: torch.from_numpy(v).cuda() for k, v in feeds.items()}
         with torch.autocast("cuda", dtype=torch.float16, enabled=half):
-            out = _torch_calls(model, specs, tensors, timed)
+            out = _torch_calls(model, specs, tensors, timed, bm, device="cuda")
         e2e = out[E2E]
-        out[E2E] = lambda: {k: v.cpu() for k, v in e2e().items()}  # the answer back on the host, as a client needs it
+        out[E2E] = lambda: {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in e2e().items()}  # the answer back on the host
         return out
 
     return Runner("pytorch-cuda", "cuda", "fp16" if half else "fp32", calls, note=torch.cuda.get_device_name(0))
@@ -221,7 +227,7 @@ def _tensorrt_runner(bm: BenchModel, fp16: bool) -> Runner:
     run_stage = _session_stage(sessions, specs)
 
     def calls(feeds: Feeds) -> dict[str, Callable[[], object]]:
-        return chained_calls(run_stage, specs, feeds)
+        return chained_calls(run_stage, specs, feeds, bm=bm)
 
     precision = "fp16" if fp16 else "fp32"
     return Runner("onnxruntime-tensorrt", "cuda", precision, calls, note="TensorRT EP, profiles 1/8/16")

@@ -167,7 +167,7 @@ def main() -> None:
             n = REPEATS[name]
             loaded = load_image(jpeg)
             l_full, l_small = prepare_l(loaded.rgb, s)  # [H, W], [1, S, S]
-            ab = col.infer({geometry.image.name: l_small[None], **conditions})[geometry.outputs[0].name][0]  # [2, S, S]
+            ab = col.infer({geometry.image.name: l_small[None], **conditions})[geometry.request_outputs[0].name][0]  # [2, S, S]
             rgb = reconstruct(l_full, ab)  # [H, W, 3] uint8
             row = {"size": name, "pixels": w * h}
             row["load_s"] = median_s(lambda: load_image(jpeg), n)

@@ -184,7 +184,7 @@ class _Client:
         w = self.work
         if self.endpoint != COLORIZE:
             feeds = w.feeds[i % len(w.feeds)]
-            out_spec = w.geometry.outputs[0]  # AB: the colour every caller wants
+            out_spec = w.geometry.request_outputs[0]  # AB: the colour every caller wants
             inputs = [self._input(t.name, feeds[t.name], t.client_dtype) for t in self.spec.inputs]
             out = self.client.infer(self.endpoint, inputs, **self.kwargs).as_numpy(out_spec.name)
             if out is None or out.shape != (1, *out_spec.dims) or not np.isfinite(out).all():
