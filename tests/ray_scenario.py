@@ -162,10 +162,25 @@ def _watched(cmd: list[str], env: dict) -> dict:
 
 
 def local(src: str, manifest: str, out: str, report: Path) -> dict:
-    """``--ray local`` twice (the second run must find everything done), sockets watched throughout."""
+    """``--ray local`` twice (the second run must find everything done), sockets watched throughout.
+
+    With ``$LANGCOLOR_SCENARIO_SERVE`` (a model repository) the actors colour through a real
+    tritonserver started here with the API key of ``$LANGCOLOR_SCENARIO_KEY_FILE`` (``--server``)."""
     env = {**os.environ, **RAY_ENV}
     cmd = _cli(src, manifest, out, "--ray", "local", "--batch-size", "2")
-    result = {"interfaces": interface_addresses(), "first": _watched(cmd, env), "rerun": _watched(cmd, env)}
+    repo = os.environ.get("LANGCOLOR_SCENARIO_SERVE")
+    if not repo:
+        result = {"interfaces": interface_addresses(), "first": _watched(cmd, env), "rerun": _watched(cmd, env)}
+    else:
+        from langcolor.client.connection import read_key_file
+        from langcolor.server.launcher import TritonServer, free_ports
+
+        key_file = os.environ["LANGCOLOR_SCENARIO_KEY_FILE"]
+        http, grpc, metrics = free_ports(3)
+        with TritonServer(repo, http_port=http, grpc_port=grpc, metrics_port=metrics, api_key=read_key_file(key_file),
+                          log_path=report.with_suffix(".tritonserver.log")):
+            cmd += ["--server", f"grpc://127.0.0.1:{grpc}", "--api-key-file", key_file]
+            result = {"interfaces": interface_addresses(), "first": _watched(cmd, env), "rerun": _watched(cmd, env)}
     report.write_text(json.dumps(result, indent=1))
     return result
 
