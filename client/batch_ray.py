@@ -160,7 +160,12 @@ class _Pool:
 
     def ping_answered(self, actor: _Actor, ref) -> None:
         try:
-            self.ray.get(ref)
+            answer = self.ray.get(ref)  # a pid, or a replacement's identity
+            if isinstance(answer, tuple) and answer[0] != self.weights:
+                actor.ping = None  # left down: it would record other weights under this run's key
+                log.error("a replacement Ray actor on %s colours with other weights (%s); not used", answer[1],
+                          answer[0][:12])
+                return
             actor.up, actor.ping, actor.busy = True, None, 0
             log.info("a Ray actor is back after %.1f s", time.monotonic() - actor.down_since)
         except self.ray.exceptions.RayError as e:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +137,7 @@ def test_records_survive_a_killed_driver_up_to_the_last_segment(s3, tmp_path, mo
         first.records.add(name, name, "sha-" + name, _key("a red circle"), len(data))
     # SIGKILL here: no close(). Two records went out as a segment; the third is lost with the driver.
     first.records._log.close()  # (what the kill would do to the local copy; nothing of it reaches S3)
+    shutil.rmtree(first.scratch)
     segments = [k for k in s3.list(out) if k.startswith(f"{STATE_DIR}/records-")]
     assert len(segments) == 1
 
