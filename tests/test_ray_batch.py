@@ -118,7 +118,7 @@ def test_worker_and_node_killed_mid_run_every_output_exactly_once(tmp_path):
 
     src, out = tmp_path / "archive", tmp_path / "colour"
     write_photos(src)
-    captions = dict(GOOD) | write_bulk(src, 150)
+    captions = dict(GOOD) | write_bulk(src, 300)  # enough that the run outlives both kills on an idle machine
     manifest = tmp_path / "captions.csv"
     _write_captions(manifest, captions)
     before = tree_hashes(src)
