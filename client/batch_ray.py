@@ -56,6 +56,7 @@ ADDRESSES = ("auto", "local")  # or HOST:PORT of a running cluster's head
 BATCHES_PER_ACTOR = 2  # in flight per actor: one running, one waiting, so it never idles on the driver
 MAX_RESTARTS = 4  # Ray restarts a killed actor this many times; then the driver starts a new one
 MAX_LOSSES = 3  # a single image whose worker died this many times under it fails alone
+ACTOR_START_TIMEOUT_S = 300.0  # actors placed and their model loaded (minutes on a busy node)
 WORKER_WAIT_S = 120.0  # with no live actor for this long (a lost node, nothing to restart on), the run stops
 LOCAL_OBJECT_STORE_BYTES = 512 * 2**20  # --ray local: batches in flight need little; Ray's default is 30% of memory
 LOCAL_NODE_IP = "127.0.0.1"
@@ -133,9 +134,14 @@ class _Pool:
         self.actors = [_Actor(self.remote_class.remote(settings)) for _ in range(count)]
         self.replacements_left = 2 * count
         try:
-            identities = ray.get([a.handle.identity.remote() for a in self.actors])
-        except ray.exceptions.RayTaskError as e:  # the model or the server refused: the actor's own error
-            raise LangcolorError(f"a Ray actor could not load the model: {e.cause if hasattr(e, 'cause') else e}") from e
+            identities = ray.get([a.handle.identity.remote() for a in self.actors], timeout=ACTOR_START_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError as e:
+            raise LangcolorError(f"{count} Ray actor(s) of {options.cpus_per_actor:g} CPU did not start within "
+                                 f"{ACTOR_START_TIMEOUT_S:.0f} s on a cluster of {cpus:g} CPU(s); "
+                                 "lower --ray-actors or --ray-cpus-per-actor") from e
+        except ray.exceptions.RayError as e:  # the model or the server refused: the actor's own error
+            cause = getattr(e, "cause", None) or e
+            raise LangcolorError(f"a Ray actor could not load the model: {str(cause).strip().splitlines()[-1]}") from e
         weights = {w for w, _ in identities}
         if len(weights) != 1:
             raise LangcolorError(f"the nodes colour with different weights ({', '.join(sorted(weights))}); "
