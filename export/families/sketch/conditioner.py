@@ -40,10 +40,10 @@ class InstructionConditioner:
             raise CaptionError(f"model '{self.geometry.family}' needs an instruction (--instruction TEXT)")
         try:
             encoded = self.tokenizer.encode(text)
-        except CaptionError as e:
-            if "no word of the caption is known" in str(e):
-                raise CaptionError(f"{e}; {MODELS_HINT}") from e
-            raise
+        except CaptionError as e:  # the tokenizer speaks of captions; here it reads an instruction
+            message = str(e).replace("caption", "instruction")
+            hint = f"; {MODELS_HINT}" if "no word of the" in message else ""
+            raise CaptionError(message + hint) from e
         words = encoded.words
         background = is_background(words)
         notes = []
