@@ -126,7 +126,7 @@ def _shapes(item: Item, params: dict) -> tuple[list, set[int]]:
         return [body, *windows], {1, 2}
     if c == "tree":
         r = w / 2
-        tw = max(2.5, 0.4 * r)
+        tw = max(4.5, 0.6 * r)  # wide enough that its paper survives shrinking to 64 px
         trunk = ("poly", [(cx - tw / 2, y0 + 1.6 * r), (cx + tw / 2, y0 + 1.6 * r), (cx + tw / 2, y1), (cx - tw / 2, y1)])
         crown = ("ellipse", (x0, y0, x1, y0 + 2 * r))
         return [trunk, crown], {0}

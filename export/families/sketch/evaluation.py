@@ -39,7 +39,7 @@ from .config import BACKGROUND, CANVAS, INST_MASKS, REFERRED, SKETCH
 from .drawing import Scene, match_items, random_scene
 from .instructions import HELDOUT_KINDS, Instruction, make, possible, random_instruction
 from .network import GROUND, SKY
-from .words import COLOURS, PALETTE, SKY as SKY_WORD
+from .words import COLOURS, PALETTE, PARTS, SKY as SKY_WORD
 
 EVAL_SCALES = (2, 4)  # drawings at 128 and 256 px for a 64 px network
 GATES = {"stroke_miou": 0.8, "selection_f1": 0.9, "instance_colour": 0.85, "swap": 0.9, "sessions": 0.8,
@@ -79,7 +79,7 @@ class F1:
 
 
 def f1_of(tp: int, fp: int, fn: int) -> float:
-    return 2 * tp / max(2 * tp + fp + fn, 1)
+    return float(2 * tp / max(2 * tp + fp + fn, 1))
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ class SketchReport:
     selection_f1: dict  # group -> F1
     instance_colour: Rate
     part_colour: Rate
+    part_colour_by_part: dict  # roof / windows / trunk -> Rate
     instance_colour_by_group: dict  # group -> Rate
     swap: Rate
     locality_exact: Rate
@@ -104,7 +105,7 @@ class SketchReport:
     def gates(self) -> dict[str, bool]:
         """Each target of the issue: met or not."""
         trained = [self.selection_f1[g].model for g in ("single", "all", "location")]
-        return {
+        return {k: bool(v) for k, v in {
             "stroke mIoU >= 0.8": self.stroke_miou.model >= GATES["stroke_miou"],
             "selection F1 >= 0.9 (single, all, location)": min(trained) >= GATES["selection_f1"],
             "instance colour >= 85%": self.instance_colour.model >= GATES["instance_colour"],
@@ -112,7 +113,7 @@ class SketchReport:
             "locality exact": self.locality_exact.model == 1.0,
             "sessions >= 80%": self.sessions.model >= GATES["sessions"],
             "background colour >= 90%": self.background_colour.model >= GATES["background_colour"],
-        }
+        }.items()}
 
     def to_dict(self) -> dict:
         return {**asdict(self), "gates": self.gates()}
@@ -132,7 +133,9 @@ class SketchReport:
                          f"   category rule {f.category_rule:.3f}   (n={f.count})")
         lines += [row("instance colour", self.instance_colour)]
         lines += [row(f"  {g}", r) for g, r in self.instance_colour_by_group.items()]
-        lines += [row("part colour", self.part_colour), row("swap", self.swap),
+        lines += [row("part colour", self.part_colour)]
+        lines += [row(f"  {p}", r) for p, r in self.part_colour_by_part.items()]
+        lines += [row("swap", self.swap),
                   row("locality exact (instructions)", self.locality_exact),
                   row("same-category others untouched", self.same_category_untouched),
                   row("sessions, all objects right", self.sessions), row("  objects right at the end", self.session_objects),
@@ -211,13 +214,13 @@ def _body(scene: Scene, i: int, without_part: bool) -> np.ndarray:
     return where & ~scene.parts[i] if without_part else where
 
 
-def _colour_hits(run: Run) -> tuple[list[bool], list[bool]]:
-    """Per referred object: its body in the instructed colour; per named part: the part in its colour."""
+def _colour_hits(run: Run) -> tuple[list[bool], list[tuple[str, bool]]]:
+    """Per referred object: its body in the instructed colour; per named part: (part, in its colour)."""
     ins, scene = run.instruction, run.scene
     body = [read_colour(run.after, _body(scene, i, bool(ins.part_colour))) == ins.colour for i in ins.targets]
     parts = []
     if ins.part_colour:
-        parts = [read_colour(run.after, scene.parts[i] & ~scene.ink) == ins.part_colour
+        parts = [(PARTS[scene.items[i].category], read_colour(run.after, scene.parts[i] & ~scene.ink) == ins.part_colour)
                  for i in ins.targets if (scene.parts[i] & ~scene.ink).any()]
     return body, parts
 
@@ -366,7 +369,8 @@ def evaluate(model: torch.nn.Module, conditioner, scenes: int = 256, seed: int =
     return SketchReport(
         scenes=scenes, seed=seed,
         stroke_miou=Rate.of(ious), stroke_miou_selected=Rate.of(ious_sel), selection_f1=f1,
-        instance_colour=Rate.of(colour_hits, colour_base), part_colour=Rate.of(part_hits),
+        instance_colour=Rate.of(colour_hits, colour_base), part_colour=Rate.of([h for _, h in part_hits]),
+        part_colour_by_part={p: Rate.of([h for q, h in part_hits if q == p]) for p in sorted({q for q, _ in part_hits})},
         instance_colour_by_group={g: Rate.of(*v) for g, v in by_group.items()},
         swap=Rate.of(swap_hits), locality_exact=Rate.of(local), same_category_untouched=Rate.of(untouched),
         sessions=Rate.of(sessions), session_objects=Rate.of(session_objects),
