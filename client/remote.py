@@ -505,7 +505,9 @@ class RemoteStages:
                 result = call(self._client())
             except Exception as e:  # tritonclient raises its own, socket and gevent errors
                 if not _is_transient(e):
-                    raise self._translate(e, what, model, attempt) from e
+                    # An HTTP client at a gRPC port fails to parse the answer: not transient, still a mismatch.
+                    mismatch = self._diagnose(e) if diagnose and attempt == 0 else None
+                    raise (mismatch or self._translate(e, what, model, attempt)) from e
                 if diagnose and attempt == 0:
                     mismatch = self._diagnose(e)
                     if mismatch is not None:

@@ -30,7 +30,7 @@ from langcolor.client import families, names
 from langcolor.client.errors import LangcolorError, ModelNotFoundError, clip
 from langcolor.client.families import Conditioner, Note
 from langcolor.client.imageio import DEFAULT_MAX_PIXELS
-from langcolor.client.colorizer import stack_feeds
+from langcolor.client.colorizer import check_image_inputs, stack_feeds
 from langcolor.client.photo import LAB
 from langcolor.client.runtime import ModelBundle
 from langcolor.client.spec import ModelGeometry
@@ -153,6 +153,7 @@ def parse_request(
                 raise LangcolorError(f"model '{fam.name}' needs {', '.join(missing)}: "
                                      + "; ".join(fam.fields[t].help for t in missing))
             values = {fam.fields[t].name: per_item[t][k] for t in given}  # text as UTF-8 bytes, images as files
+            check_image_inputs(fam.fields.values(), values, max_pixels)  # a reference over the cap, before decoding
             conditioned = fam.conditioner.condition(values)  # CaptionError, ImageError, ... name the problem
             prepared = fam.codec.prepare(images[k], values, fam.geometry, max_pixels)  # ImageError names the problem
         except LangcolorError as e:
