@@ -136,10 +136,10 @@ class TrainingOptions:
     seg_weight: float = field(default=10.0, metadata={"help": "weight of the segmentation cross-entropy (L_seg)"})
     gen_weight: float = field(default=1.0, metadata={"help": "weight of the PixelCNN's mixture NLL (L_gen)"})
     ema_decay: float = field(default=0.998, metadata={"help": "decay of the weight average the shipped file holds"})
-    override_rate: float = field(default=0.3, metadata={
+    override_rate: float = field(default=0.5, metadata={
         "help": "share of training images whose generator sees the true semantic map (SEM_OVERRIDE) "
                 "instead of the predicted one"})
-    relabel_rate: float = field(default=0.5, metadata={
+    relabel_rate: float = field(default=0.6, metadata={
         "help": "share of those where one instance is relabelled and its generator target recoloured to match"})
 
     def __post_init__(self) -> None:
