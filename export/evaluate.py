@@ -15,7 +15,11 @@ all-padding caption (the caption-free baseline), on the same gray images.
   each named its own colour by position or size; share of instances whose predicted colour is the
   one named for *that* instance, over all instances, per scene (both right), on scenes whose gray
   levels follow or contradict the usual colour-luminance correlation, and with the two colours
-  swapped in the caption. A model that cannot tell instances apart is capped near 50%.
+  swapped in the caption. A model that cannot tell instances apart is capped near 50%. Also split
+  by how far apart the two instances' gray levels are: ``distinct`` (median L at least
+  ``synthetic.MIN_L_CONTRAST`` apart, a visible edge between them), ``similar``, and ``position only``
+  (similar gray levels, named by position: nothing but where they are tells them apart);
+- ``diagnostics``: figures a family's own evaluation adds (name -> value), printed after the rest.
 
 Every caption family is scored on the same scenes: captions are drawn with at most ``max_words``
 words (T = 16), and words a word-level tokenizer does not know are counted in ``unknown_words``.
@@ -26,7 +30,7 @@ families use this one.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -66,6 +70,8 @@ class EvalReport:
     instance_swap: Score  # per instance, the two instance colours exchanged in the caption
     instance_by_kind: dict  # "position" / "size" -> Score
     unknown_words: dict  # word -> captions (test + instance) where the tokenizer did not know it
+    instance_by_gray: dict = field(default_factory=dict)  # "distinct" / "similar" / "position only" -> Score
+    diagnostics: dict = field(default_factory=dict)  # name -> float, added by a family's own evaluation
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,7 +95,10 @@ class EvalReport:
             _row("  contradicting gray", self.instance_contradicting),
         ]
         lines += [_row(f"  by {kind}", score) for kind, score in self.instance_by_kind.items()]
+        lines += [_row(f"  {split} gray" if split != "position only" else f"  {split}", score)
+                  for split, score in self.instance_by_gray.items()]
         lines.append(_row("instance swap test", self.instance_swap))
+        lines += [f"  {name:<22} {value:7.3f}" for name, value in self.diagnostics.items()]
         if self.unknown_words:
             shown = ", ".join(f"{w} ({n})" for w, n in list(self.unknown_words.items())[:10])
             lines.append(f"  words unknown to the tokenizer (captions): {shown}")
@@ -252,15 +261,17 @@ def evaluate(model: torch.nn.Module, conditioner, scenes: int = 256, seed: int =
     swapped = [instances.swap_instance_colours(i) for i in inst]
     inst_ab, inst_base = run(inst_scenes, [s.caption for s in inst_scenes])
     inst_swap_ab, _ = run(inst_scenes, [c for c, _ in swapped])
-    keys = ("inst", "both", "nat", "con", "iswap", "position", "size")
+    keys = ("inst", "both", "nat", "con", "iswap", "position", "size", "distinct", "similar", "position only")
     hits.update({k + z: [] for k in keys for z in ("", "0")})
     for i, ab, base, sab, (_, new) in zip(inst, inst_ab, inst_base, inst_swap_ab, swapped):
         both, both0 = True, True
+        gap = abs(float(np.median(i.scene.L[i.scene.masks[0]])) - float(np.median(i.scene.L[i.scene.masks[1]])))
+        gray = ["distinct"] if gap >= synthetic.MIN_L_CONTRAST else ["similar"] + (["position only"] if i.kind == "position" else [])
         for k in range(2):
             o, m = i.scene.objects[k], i.scene.masks[k]
             hit, hit0 = _region_colour(ab, m) == o.colour, _region_colour(base, m) == o.colour
             both, both0 = both and hit, both0 and hit0
-            for key in ("inst", "con" if i.contradicts else "nat", i.kind):
+            for key in ("inst", "con" if i.contradicts else "nat", i.kind, *gray):
                 hits[key].append(hit)
                 hits[key + "0"].append(hit0)
             hits["iswap"].append(_region_colour(sab, m) == new[k])
@@ -302,4 +313,5 @@ def evaluate(model: torch.nn.Module, conditioner, scenes: int = 256, seed: int =
         instance_swap=score("iswap"),
         instance_by_kind={k: score(k) for k in ("position", "size")},
         unknown_words=unknown,
+        instance_by_gray={k: score(k) for k in ("distinct", "similar", "position only")},
     )
