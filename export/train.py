@@ -8,8 +8,10 @@ The loop is the same for every family; the family's ``training`` module supplies
 - ``data_source(cfg, conditioner, options) -> step -> batch``: deterministic batches, so a resumed
   run sees exactly the batches an uninterrupted one would;
 - ``losses(model, batch, options) -> {name: tensor, "total": ...}``;
-- optionally ``scheduler(optimizer, options)`` (default: cosine decay over all steps) and
-  ``data_name(options)`` (recorded in the checkpoint's provenance).
+- optionally ``scheduler(optimizer, options)`` (default: cosine decay over all steps),
+  ``data_name(options)`` (recorded in the checkpoint's provenance) and ``prepare(model, options,
+  resumed)``, called once the network is built (and, when resuming, loaded), before the optimizer
+  exists: e.g. to start a fresh run from an earlier stage's weights, or to keep parts fixed.
 
 ``OUT/checkpoint.pt`` (with optimizer state) is rewritten every ``checkpoint_every`` steps and at the
 end; ``OUT/weights.pt`` (weights, config, assets, hash; no optimizer) is the shippable file.
@@ -94,6 +96,9 @@ def train(options: TrainOptions, out_dir: str | Path, resume: bool = True, progr
     model = family.network().build(cfg, geometry)
     if ckpt is not None:
         model.load_state_dict(ckpt.state_dict)
+    prepare = getattr(recipe, "prepare", None)
+    if prepare is not None:
+        prepare(model, options, resumed=ckpt is not None)
     log.info("%s config %s: %d parameters", family.name, cfg.name, count_parameters(model))
     batch_fn = recipe.data_source(cfg, conditioner, options)
 
