@@ -60,14 +60,13 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(B, N, H * dh)  # [B,N,D]
 
 
-def attend(
+def attention_weights(
     q: torch.Tensor,
     k: torch.Tensor,
-    v: torch.Tensor,
     key_mask: torch.Tensor | None = None,
     log_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Attention per head: q [B,H,Nq,dh], k/v [B,H,Nk,dh], key_mask bool [B,Nk].
+    """Attention weights per head: q [B,H,Nq,dh], k [B,H,Nk,dh], key_mask bool [B,Nk] -> [B,H,Nq,Nk].
 
     Without ``log_scale``: scaled dot product. With it ([H,1,1], learnt): cosine attention, logits =
     cos(q, k) * exp(log_scale), the scale capped at ``_MAX_LOGIT_SCALE`` (as in Swin V2)."""
@@ -78,7 +77,18 @@ def attend(
         scores = cos * log_scale.clamp(max=math.log(_MAX_LOGIT_SCALE)).exp()  # [B,H,Nq,Nk]
     if key_mask is not None:
         scores = scores.masked_fill(~key_mask[:, None, None, :], _MASKED_LOGIT)
-    return torch.softmax(scores, dim=-1) @ v  # [B,H,Nq,dh]
+    return torch.softmax(scores, dim=-1)
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    log_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention per head: q [B,H,Nq,dh], k/v [B,H,Nk,dh], key_mask bool [B,Nk] -> [B,H,Nq,dh]."""
+    return attention_weights(q, k, key_mask, log_scale) @ v  # [B,H,Nq,dh]
 
 
 class Mlp(nn.Sequential):
@@ -106,7 +116,10 @@ class TransformerBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Image tokens: the gray image repeated to 3 channels, split into patches, a ViT."""
+    """Image tokens: the gray image repeated to 3 channels, split into patches, a ViT.
+
+    ``hide`` (pretraining only, masked-patch prediction): (bool [B,P], vector [D]) puts the vector in
+    place of the embedding of every hidden patch, before the position embedding (SimMIM)."""
 
     def __init__(self, cfg: LCoInsConfig) -> None:
         super().__init__()
@@ -115,9 +128,13 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.vit_layers))
         self.norm = nn.LayerNorm(cfg.dim)
 
-    def forward(self, L: torch.Tensor) -> torch.Tensor:
+    def forward(self, L: torch.Tensor, hide: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         x = ((L - L_CENTER) / L_SCALE).repeat(1, 3, 1, 1)  # [B,3,S,S] in [-1, 1]
-        x = self.patchify(x).flatten(2).transpose(1, 2) + self.pos  # [B,P,D]
+        x = self.patchify(x).flatten(2).transpose(1, 2)  # [B,P,D]
+        if hide is not None:
+            hidden, vector = hide
+            x = torch.where(hidden.unsqueeze(-1), vector.to(x.dtype), x)
+        x = x + self.pos
         for block in self.blocks:
             x = block(x)
         return self.norm(x)  # [B,P,D]
@@ -136,11 +153,16 @@ class LanguageEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = tokens != PAD_ID  # [B,T]
-        keep = mask.unsqueeze(-1).float()  # [B,T,1]
-        x = self.embed_norm(self.embed(tokens) + self.pos) * keep  # [B,T,D]
+        return self.contextual(self.embed(tokens) + self.pos, mask), mask  # [B,T,D], [B,T]
+
+    def contextual(self, embedded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Word embeddings (+ positions) [B,N,D], mask bool [B,N] -> contextual tokens [B,N,D], padding zero.
+        Masked-word pretraining enters here with its own inputs (hidden words, a second caption)."""
+        keep = mask.unsqueeze(-1).float()  # [B,N,1]
+        x = self.embed_norm(embedded) * keep  # [B,N,D]
         for block in self.blocks:
             x = block(x, mask) * keep
-        return self.norm(x) * keep, mask  # [B,T,D], [B,T]
+        return self.norm(x) * keep
 
 
 class GroupingBlock(nn.Module):
@@ -174,6 +196,9 @@ class GroupingBlock(nn.Module):
         self.norm2 = nn.ModuleDict({k: nn.LayerNorm(dim, bias=False) for k in KINDS})
         self.mlp = nn.ModuleDict({k: Mlp(dim, ratio, bias=False) for k in KINDS})
         self.logit_scale = nn.Parameter(torch.full((heads, 1, 1), math.log(_INIT_LOGIT_SCALE)))  # per head
+        # Diagnostics only (never set while exporting): a list receives each forward's attention weights,
+        # "grp_lag" [B,H,G,T] (eq. 7, groups over words) and "img_grp" [B,H,P,G] (eq. 8, patches over groups).
+        self.trace: list | None = None
 
     def forward(self, img, lag, grp, mask, has_words):
         h = self.heads
@@ -195,6 +220,10 @@ class GroupingBlock(nn.Module):
         keep = mask.unsqueeze(-1).float()  # [B,T,1]
         img = img + self.proj["img"](torch.cat([_merge(img_in), _merge(img_out)], -1))  # [B,P,D] eq. 9, 4
         lag = (lag + self.proj["lag"](torch.cat([_merge(lag_in), _merge(lag_out)], -1))) * keep  # [B,T,D]
+        if self.trace is not None:
+            scale = self.logit_scale
+            self.trace.append({"grp_lag": attention_weights(qg, kl, mask, scale) * has_words.view(-1, 1, 1, 1),
+                               "img_grp": attention_weights(qi, kg, None, scale)})
         img, lag, grp = (x + self.mlp[k](self.norm2[k](x)) for k, x in zip(KINDS, (img, lag, grp)))  # eq. 5
         return img, lag * keep, grp
 
@@ -284,6 +313,21 @@ class CounterColour(nn.Module):
         return (first + second).mean()
 
 
+class Pretext(nn.Module):
+    """Heads of the pretraining stages (training only, ``pretrain.py``): BERT's masked-word head with
+    its output tied to the word embeddings, a segment embedding for caption pairs and a vector for
+    hidden words; a hidden-patch vector and a linear head predicting a hidden patch's gray pixels."""
+
+    def __init__(self, cfg: LCoInsConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.word_head = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.GELU(), nn.LayerNorm(cfg.dim))
+        self.word_bias = nn.Parameter(torch.zeros(vocab_size))
+        self.segment = nn.Parameter(torch.randn(2, cfg.dim) * 0.02)  # BERT's sentence A / B embeddings
+        self.hidden_word = nn.Parameter(torch.randn(cfg.dim) * 0.02)  # stands in for a [MASK] id
+        self.hidden_patch = nn.Parameter(torch.randn(cfg.dim) * 0.02)
+        self.patch_head = nn.Linear(cfg.dim, cfg.patch_size**2)
+
+
 class LCoIns(nn.Module):
     def __init__(self, cfg: LCoInsConfig, vocab_size: int) -> None:
         super().__init__()
@@ -295,6 +339,15 @@ class LCoIns(nn.Module):
         self.grouping = GroupingLayer(cfg.dim)  # training only
         self.counter = CounterColour(cfg.dim)  # training only
         self.apply(_init)
+        # Made last, so the other modules draw the same initial weights as before these heads existed.
+        self.pretext = Pretext(cfg, vocab_size)  # pretraining only
+        self.pretext.apply(_init)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Weights saved before the pretraining heads existed load with fresh heads (nothing served uses them)."""
+        own = self.state_dict()
+        missing = {k: v for k, v in own.items() if k.startswith("pretext.") and k not in state_dict}
+        return super().load_state_dict({**state_dict, **missing}, strict=strict, assign=assign)
 
     def forward_train(self, L: torch.Tensor, tokens: torch.Tensor, pair_halves: bool = False):
         """-> (ab [B,2,S,S], L_ctr scalar or None, hard assignment [B,G,P]).
