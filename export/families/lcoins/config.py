@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from langcolor.client.errors import LangcolorError
 from langcolor.client.spec import ModelGeometry, caption_geometry
 
 FAMILY = "lcoins"
@@ -72,7 +73,7 @@ CONFIGS: dict[str, LCoInsConfig] = {
     # The shipped weights: 64x64, 8-pixel patches -> 64 image tokens of width 64.
     "small": LCoInsConfig(
         name="small", image_size=64, max_tokens=24, patch_size=8, dim=64, heads=4, vit_layers=2,
-        text_layers=1, group_tokens=8, grouping_blocks=2, dec_channels=(64, 32, 16),
+        text_layers=3, group_tokens=8, grouping_blocks=2, dec_channels=(64, 32, 16),
     ),
     # Seconds-fast network for tests.
     "tiny": LCoInsConfig(
@@ -93,3 +94,26 @@ class TrainingOptions:
     gamma_max: float = field(default=3.0, metadata={"help": "gamma in [1, gamma_max] or its inverse (paper: 5)"})
     counter_weight: float = field(default=-1e-4, metadata={"help": "beta of the counter-colour loss (paper: -1e-4; 0 = off)"})
     warmup_steps: int = field(default=100, metadata={"help": "linear learning-rate warm-up steps"})
+    stage: str = field(default="joint", metadata={"help": "joint (colour from captions) | pretrain-text (masked words) | pretrain-image (masked patches)"})
+    init: str = field(default="", metadata={"help": "weights.pt of an earlier stage to start from (its tokenizer is kept); '' = from scratch"})
+    frozen: str = field(default="", metadata={"help": "comma-separated parts kept fixed: language, encoder, decoder"})
+    instance_contrast: float = field(default=0.0, metadata={"help": "joint: luminance augmentation redrawn until two instances' gray levels differ by this much (L units; 0 = off)"})
+    pair_rate: float = field(default=0.7, metadata={"help": "pretrain-text: share of samples given a second description of the same scene"})
+    word_mask_rate: float = field(default=0.15, metadata={"help": "pretrain-text: share of words hidden (plus one colour, noun or location word)"})
+    patch_mask_rate: float = field(default=0.4, metadata={"help": "pretrain-image: share of patches hidden"})
+    colour_weight: float = field(default=0.0, metadata={"help": "pretrain-image: weight of the caption-free colorizer's ab loss (0 = masked patches only)"})
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise LangcolorError(f"--stage must be one of {', '.join(STAGES)}, not {self.stage!r}")
+        unknown = set(self.frozen_parts) - set(PARTS)
+        if unknown:
+            raise LangcolorError(f"--frozen: unknown part(s) {', '.join(sorted(unknown))}; parts are {', '.join(PARTS)}")
+
+    @property
+    def frozen_parts(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.frozen.split(",") if p.strip())
+
+
+STAGES = ("joint", "pretrain-text", "pretrain-image")
+PARTS = ("language", "encoder", "decoder")  # what --frozen may name
