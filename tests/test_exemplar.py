@@ -106,7 +106,7 @@ def test_a_gray_reference_is_refused_and_a_toned_one_is_not(tiny):
 def test_a_palette_is_rendered_as_swatches_in_order(tiny):
     cfg, geom = tiny
     cond = conditioner.build(geom, {})
-    planes = cond.condition({"palette": "#ff0000, 00f,#2E86C1"}).tensors  # case, spaces, 3 digits, no '#'
+    planes = cond.condition({"palette": "#ff0000, 00f #2E86C1"}).tensors  # case, separators, 3 digits, no '#'
     s = cfg.image_size
     want = rgb_to_lab(np.array([[255, 0, 0], [0, 0, 255], [46, 134, 193]], np.float32) / 255.0)  # [3, 3]
     edges = np.linspace(0, s, 4).round().astype(int)
@@ -117,7 +117,7 @@ def test_a_palette_is_rendered_as_swatches_in_order(tiny):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("", "empty"), (" , ", "empty"), ("#12345", "colour 1 .* not a hex"), ("red,#00ff00", "colour 1"),
+    ("", "empty"), (" , ", "colour 1 is empty"), ("#ff0000,,#00ff00", "colour 2 is empty"), ("#12345", "colour 1 .* not a hex"), ("red,#00ff00", "colour 1"),
     ("#00ff00,#gg0000", "colour 2"), (",".join(["#123456"] * 17), "at most 16"), (b"\xff\xfe", "UTF-8"),
     ("#808080,#ffffff,#000", "every colour is gray"),
 ])
@@ -259,7 +259,7 @@ def test_training_runs_both_stages_from_deterministic_batches(trained, record):
     assert int(first["stage"]) == 1 and "ref_L" not in first and int(later["stage"]) == 2 and "ref_L" in later
     model = ckpt.build_model().train()
     assert set(recipe.losses(model, first, opts)) == {"l1", "db_ce", "total"}
-    assert set(recipe.losses(model, later, opts)) == {"l1", "db_ce", "hist", "sparse", "ref_l1", "total"}
+    assert set(recipe.losses(model, later, opts)) == {"l1", "db_ce", "hist", "sparse", "ref_l1", "gate_ce", "total"}
 
 
 def test_export_is_parity_checked_and_colorizes_in_process(trained, tmp_path_factory):

@@ -37,6 +37,7 @@ GRAY_CHROMA = 4.0  # Lab units: a reference whose pixels (99th percentile, at S 
 GRAY_PERCENTILE = 99.0
 MAX_PALETTE_COLOURS = 16  # a swatch stays at least S / 16 = 4 px wide at 64 px
 _HEX = re.compile(r"#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})")
+_SEPARATORS = re.compile(r"\s*[,;]\s*|\s+")  # commas, semicolons or spaces: "#aa0000 #0000aa" needs no CSV quoting
 _SHOWN_CHARS = 20  # of a bad palette entry quoted back in its error
 
 
@@ -45,7 +46,8 @@ class PaletteError(LangcolorError):
 
 
 def parse_palette(text: str | bytes) -> np.ndarray:
-    """``"#b03a2e,#2e86c1"`` (``#`` optional, 6 or 3 hex digits, commas between) -> uint8 [n, 3] RGB."""
+    """``"#b03a2e,#2e86c1"`` (``#`` optional, 6 or 3 hex digits; commas, semicolons or spaces between)
+    -> uint8 [n, 3] RGB."""
     if isinstance(text, (bytes, bytearray, memoryview)):
         try:
             text = bytes(text).decode("utf-8")
@@ -53,9 +55,11 @@ def parse_palette(text: str | bytes) -> np.ndarray:
             raise PaletteError("palette is not valid UTF-8 text") from e
     if not isinstance(text, str):
         raise PaletteError(f"palette must be text, got {type(text).__name__}")
-    items = [t.strip() for t in text.split(",")]
-    if not text.strip() or not any(items):
+    if not text.strip():
         raise PaletteError('palette is empty; give colours as "#rrggbb,#rrggbb,..."')
+    items = _SEPARATORS.split(text.strip())
+    if "" in items:
+        raise PaletteError(f"palette colour {items.index('') + 1} is empty (two separators in a row?)")
     if len(items) > MAX_PALETTE_COLOURS:
         raise PaletteError(f"palette has {len(items)} colours; at most {MAX_PALETTE_COLOURS}")
     colours = []
@@ -111,7 +115,8 @@ class ReferenceConditioner:
         """The user's reference or palette -> (REF_L [1, S, S], REF_AB [2, S, S]); refuses a gray one."""
         reference, palette = values.get(REFERENCE.name), values.get(PALETTE.name)
         if reference is not None and palette is not None:
-            raise LangcolorError("give a reference image or a palette, not both")
+            raise LangcolorError("give a reference image or a palette, not both (in a batch, a run-wide --reference "
+                                 "or --palette also fills the lines that name the other)")
         if reference is None and palette is None:
             raise ImageError(f"model '{self.geometry.family}' needs a reference image (--reference IMAGE) "
                              'or a palette (--palette "#rrggbb,#rrggbb,...")')

@@ -4,7 +4,8 @@
 encoder whose hypercolumn gives the queries and keys, SCM attention, a DCM classifier over the
 in-gamut ab bins re-weighted by the reference's histogram, a per-cell softmax gate and a decoder
 with skips) at 64 px with a 16 x 16 attention grid, about 0.45 M parameters, trainable on one CPU
-thread. ``tiny`` is for tests (32 px, an 8 x 8 grid). The config travels inside every checkpoint.
+thread. ``full`` keeps the layout at 128 px with wider layers (benchmarks of a larger size);
+``tiny`` is for tests (32 px, an 8 x 8 grid). The config travels inside every checkpoint.
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ class ExemplarConfig:
 
 
 CONFIGS: dict[str, ExemplarConfig] = {
+    # The paper's proportions at 128 px: Zhang et al.'s encoder widths halved, a 32 x 32 attention grid
+    # (1024 reference positions). Not trained here; for benchmarks of a larger size.
+    "full": ExemplarConfig(name="full", image_size=128, grid=32, enc_channels=(32, 64, 128, 256, 256, 256),
+                           key_dim=128, dec_channels=(128, 64, 32), db_temperature=0.38),
     # The shipped weights: 64 px, 16 x 16 attention, about 0.45 M parameters.
     "small": ExemplarConfig(name="small", db_temperature=0.38),
     # Twice the widths (about 1 M parameters), for a machine with more time.
@@ -125,6 +130,9 @@ class TrainingOptions:
         "help": "weight of the bin classifier's cross-entropy against each cell's true colours (not in the paper)"})
     ref_l1_weight: float = field(default=1000.0, metadata={
         "help": "weight of L1 on the attention's own colour against the true colours (not in the paper)"})
+    gate_ce_weight: float = field(default=10.0, metadata={
+        "help": "weight of the gate's cross-entropy against the module whose colour is nearer the truth in each "
+                "cell (not in the paper; without it the gate saturates on the attention and never learns palettes)"})
     lr_min_ratio: float = field(default=0.05, metadata={"help": "each stage's cosine decay ends at lr times this"})
     init: str = field(default="", metadata={
         "help": "weights.pt of an earlier run to start from (e.g. a stage-1 run, with --stage1-steps 0)"})

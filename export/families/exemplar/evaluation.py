@@ -25,6 +25,7 @@ mean alpha_ref and entropy (nats) per kind.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -120,11 +121,12 @@ class ExemplarReport:
 
 
 # ------------------------------------------------------------------------------ held-out photos
-def network_output(model, conditioner, target_rgb: np.ndarray, ref_rgb: np.ndarray) -> np.ndarray:
-    """The product's path around the PyTorch network: target RGB [H, W, 3] + reference -> uint8 [H, W, 3]."""
+def network_output(model, conditioner, target_rgb: np.ndarray, values: Mapping[str, Any]) -> np.ndarray:
+    """The product's path around the PyTorch network: target RGB [H, W, 3] + the user's inputs (a
+    reference or a palette) -> uint8 [H, W, 3]."""
     size = model.cfg.image_size
     l_full, l_small = prepare_l(target_rgb, size)  # [H, W], [1, S, S]
-    cond = conditioner.condition({REFERENCE.name: ref_rgb}).tensors
+    cond = conditioner.condition(values).tensors
     feeds = [torch.from_numpy(np.ascontiguousarray(x)[None]) for x in (l_small, cond[REF_L], cond[REF_AB])]
     with torch.no_grad():
         ab, _ = model(*feeds)  # [1, 2, S, S]
@@ -137,10 +139,12 @@ def _baseline_output(method, target_rgb: np.ndarray, ref_rgb: np.ndarray) -> np.
     return lab_to_srgb8_keeping_l(lab)
 
 
-def score_photos(model, conditioner, names: list[str], seed: int, per_photo: int = PAIRS_PER_PHOTO) -> list[PhotoScore]:
-    """Every method on every pair of ``names`` (test photos), with the pair's reference and an unrelated one."""
-    pairs = eval_pairs("test", per_photo, seed, only=names)
-    methods = {"gray": baselines.gray, "reinhard": baselines.reinhard, "welsh": baselines.welsh}
+def score_photos(model, conditioner, names: list[str], seed: int, per_photo: int = PAIRS_PER_PHOTO,
+                 split: str = "test", methods: tuple[str, ...] = METHODS) -> list[PhotoScore]:
+    """``methods`` on every pair of ``names`` (photos of ``split``), with the pair's reference and an
+    unrelated one (the next photo's)."""
+    pairs = eval_pairs(split, per_photo, seed, only=names)
+    classical = {"gray": baselines.gray, "reinhard": baselines.reinhard, "welsh": baselines.welsh}
     out = []
     for p in pairs:
         true_ab = rgb_to_lab(p.target_rgb)[..., 1:]  # [H, W, 2]
@@ -150,13 +154,13 @@ def score_photos(model, conditioner, names: list[str], seed: int, per_photo: int
             refs["shuffled-"] = next(q.ref_rgb for q in pairs if q.photo == other and q.index == p.index)
         for prefix, ref in refs.items():
             ref_ab = rgb_to_lab(ref)[..., 1:]
-            for name in METHODS:
+            for name in methods:
                 if prefix and name == "gray":
                     continue
                 if name == "network":
-                    rgb = network_output(model, conditioner, p.target_rgb, ref)
+                    rgb = network_output(model, conditioner, p.target_rgb, {REFERENCE.name: ref})
                 else:
-                    rgb = _baseline_output(methods[name], p.target_rgb, ref)
+                    rgb = _baseline_output(classical[name], p.target_rgb, ref)
                 out_ab = rgb_to_lab(rgb.astype(np.float32) / 255.0)[..., 1:]
                 out.append(PhotoScore(p.photo, p.index, prefix + name, baselines.delta_e(out_ab, true_ab),
                                       baselines.histogram_intersection(out_ab, ref_ab), baselines.colourfulness(rgb)))

@@ -4,10 +4,14 @@
 ``0 .. stage1_steps - 1`` are stage 1: the encoder, the bin classifier and the decoder as an
 automatic colorizer (no reference, a flat prior; L1 on ab, and the classifier's cross-entropy). The
 rest of ``--steps`` is stage 2: the whole network with references, L1 + histogram + sparse losses at
-the paper's weights (1000 : 1 : 1, L1 on ab / AB_SCALE). Two terms the paper does not have are on by
+the paper's weights (1000 : 1 : 1, L1 on ab / AB_SCALE). Three terms the paper does not have are on by
 default (set their weights to 0 for the paper's losses alone): the bin classifier's cross-entropy
-against each cell's true colours (``db_ce_weight``) and L1 on the attention's own colour
-(``ref_l1_weight``), which supervises the correspondence directly. The perceptual loss (VGG19
+against each cell's true colours (``db_ce_weight``), L1 on the attention's own colour
+(``ref_l1_weight``), which supervises the correspondence directly, and the gate's cross-entropy
+against whichever module's colour is nearer the truth in each cell (``gate_ce_weight``). Without that
+last one the gate saturates on the attention (which is the better source on photos from the first
+steps), the sparse loss holds it there, and no gradient reaches the database branch: measured, the
+gate's share of the attention stayed at 1.00 even on palette references. The perceptual loss (VGG19
 weights) and the PatchGAN are left out: no VGG weights are available offline.
 
 Each batch mixes photo pairs (``pairs.PhotoPairs``) and synthetic pairs (``scenes.training_batch``,
@@ -158,9 +162,16 @@ def losses(model, batch: dict[str, torch.Tensor], options) -> dict[str, torch.Te
         parts["hist"] = o.hist_weight * (pred_hist - out["ref_hist"]).abs().sum(-1).mean()
         alpha = out["gate"].clamp_min(_LOG_EPS)  # [B,2,G,G]
         parts["sparse"] = o.sparse_weight * -(alpha * alpha.log()).sum(1).mean()
+        pooled = F.avg_pool2d(ab, model.cfg.image_size // model.cfg.grid)  # [B,2,G,G] the truth on the grid
+        err_ref = (out["c_ref"] - pooled).abs().mean(1)  # [B,G,G]
         if o.ref_l1_weight > 0:
-            pooled = F.avg_pool2d(ab, model.cfg.image_size // model.cfg.grid)  # [B,2,G,G]
-            err = (out["c_ref"] - pooled).abs().mean((1, 2, 3)) / AB_SCALE  # [B]
-            parts["ref_l1"] = o.ref_l1_weight * _masked_mean(err, batch["scm"])
+            parts["ref_l1"] = o.ref_l1_weight * _masked_mean(err_ref.mean((1, 2)) / AB_SCALE, batch["scm"])
+        if o.gate_ce_weight > 0:
+            # Which module's colour is nearer the truth in each cell; the gate learns to pick it. The
+            # log-loss keeps a gradient where the softmax has saturated on the wrong module.
+            err_db = (out["c_db"] - pooled).abs().mean(1)  # [B,G,G]
+            use_ref = (err_ref <= err_db).float().detach()  # [B,G,G]
+            ce = -(use_ref * alpha[:, 0].log() + (1 - use_ref) * alpha[:, 1].log())  # [B,G,G]
+            parts["gate_ce"] = o.gate_ce_weight * ce.mean()
     parts["total"] = sum(parts.values())
     return parts
