@@ -67,7 +67,7 @@ limits (a request over one is refused, with an error that names it, for that req
                    client_max_body_size 16m in server_config/nginx.conf.tmpl.
   image pixels     {DEFAULT_MAX_PIXELS} per image by default, read from the file's header before any
                    pixel is decoded: the colorize config's max_pixels (langcolor export --max-pixels).
-  caption length   T words or word pieces, the family's own (lcode 16, lcoins 24); `langcolor models` shows T.
+  caption length   T words or word pieces, each caption family's own; `langcolor models` shows T.
   reference image  every image input of a family (a reference photo) has the image pixel cap; on the
                    wire it counts toward the request body.
 

@@ -134,8 +134,15 @@ def _reference_flops_per_image(model, feeds) -> dict[str, float]:
 
     from langcolor.client.spec import STAGES, stage_specs
 
+    from langcolor.export.onnx_export import sample_input
+
     specs = stage_specs(model.geometry)
     tensors, out = dict(feeds), {}
+    batch, rng = next(iter(feeds.values())).shape[0], np.random.default_rng(1)
+    for stage in STAGES:  # what only a driven family's driver feeds (a canvas), drawn in range
+        for t in specs[stage].inputs:
+            if t.name not in tensors and t.name not in {o.name for s in STAGES for o in specs[s].outputs}:
+                tensors[t.name] = torch.from_numpy(sample_input(t, batch, rng))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")  # said on every flags() switch
         with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
@@ -170,7 +177,10 @@ def test_flops_match_flop_counter_mode(name):
     for stage in ("encoder", "fusion", "decoder"):
         assert ref[stage] > 0, stage
         assert ours[stage] == pytest.approx(ref[stage], rel=1e-9), stage
-    assert ours["e2e"] == pytest.approx(sum(ref.values()), rel=1e-9)
+    from langcolor.benchmarks.models import stage_calls_per_request
+
+    calls = stage_calls_per_request(model, {k: v[:1].numpy() for k, v in feeds3.items()})  # 1 each unless driven
+    assert ours["e2e"] == pytest.approx(sum(ref[s] * calls[s] for s in ref), rel=1e-9)
     assert network_gflops_per_image(model, feeds1) == pytest.approx(ours, rel=1e-9)
 
 
@@ -552,9 +562,11 @@ def test_tiny_bench_run(tmp_path, name):
     assert model_info["family"] == name and model_info["weights"] == "random, seed 0"
     assert model_info["repository"] == str(repo) and model_info["image_size"] == geometry.image_size
     assert model_info["feature_shape"] == list(geometry.feature_shape)
-    assert model_info["conditions"] == {t.name: list(t.dims) for t in geometry.condition_specs}
+    assert model_info["conditions"] == {t.name: list(t.dims) for t in geometry.request_inputs}
     served = sorted(p.name for p in repo.iterdir())
-    assert served == sorted(["colorize", name, f"{name}_encoder", f"{name}_fusion", f"{name}_decoder"]), served
+    impl = [f"{name}_impl"] if families.get(name).driver is not None else []  # a driven family's Python model
+    assert served == sorted(["colorize", "colorize_impl", name, f"{name}_encoder", f"{name}_fusion",
+                             f"{name}_decoder", *impl]), served
 
     # the JSON's FLOPs are the independent count on the very network measured (same seed, kept assets)
     bm = export_random("tiny", repo, family=name)
