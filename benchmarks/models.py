@@ -59,12 +59,18 @@ def representative_values(record: families.Family) -> dict[str, Any]:
 
 
 def accepted_values(record: families.Family, conditioner) -> dict[str, Any] | None:
-    """``representative_values`` if the family's conditioner accepts them; else the required ones
-    alone (a user who leaves the optional inputs, a sampler's seed say, at their defaults); else
-    None (the benchmark then draws the condition tensors at random within their declared ranges)."""
+    """``representative_values`` if the family's conditioner accepts them; else with fewer of the
+    optional ones (a user who leaves a sampler's seed at its default, or gives a reference and no
+    palette); else None (the benchmark then draws the condition tensors at random within their
+    declared ranges)."""
+    from itertools import combinations
+
     values = representative_values(record)
-    required = {f.name for f in record.inputs if f.required}
-    for candidate in (values, {k: v for k, v in values.items() if k in required}):
+    optional = [f.name for f in record.inputs if not f.required and f.name in values]
+    # All of them, then fewer and fewer optional ones (inputs that exclude each other: a reference or a palette).
+    candidates = [{k: v for k, v in values.items() if k not in dropped}
+                  for n in range(len(optional) + 1) for dropped in combinations(optional, n)]
+    for candidate in candidates:
         try:
             conditioner.condition(candidate)
         except LangcolorError as e:
