@@ -313,13 +313,29 @@ class CounterColour(nn.Module):
         return (first + second).mean()
 
 
+class Reader(nn.Module):
+    """One attention hop with one head and no MLP, over two captions the language encoder read one by
+    one (masked-word pretraining): what a hidden word learns from the other caption has to come from
+    one token there, found by a linear key, as a group token finds a word in the grouping blocks."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = (f(h).unsqueeze(1) for f in (self.q, self.k, self.v))  # [B,1,N,D]
+        return h + (attention_weights(q, k, mask) @ v).squeeze(1)  # [B,N,D]
+
+
 class Pretext(nn.Module):
-    """Heads of the pretraining stages (training only, ``pretrain.py``): BERT's masked-word head with
-    its output tied to the word embeddings, a segment embedding for caption pairs and a vector for
-    hidden words; a hidden-patch vector and a linear head predicting a hidden patch's gray pixels."""
+    """Heads of the pretraining stages (training only, ``pretrain.py``): the reader across two
+    captions, BERT's masked-word head with its output tied to the word embeddings, a segment embedding
+    and a vector for hidden words; a hidden-patch vector and a linear head predicting a hidden
+    patch's gray pixels."""
 
     def __init__(self, cfg: LCoInsConfig, vocab_size: int) -> None:
         super().__init__()
+        self.reader = Reader(cfg.dim)
         self.word_head = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.GELU(), nn.LayerNorm(cfg.dim))
         self.word_bias = nn.Parameter(torch.zeros(vocab_size))
         self.segment = nn.Parameter(torch.randn(2, cfg.dim) * 0.02)  # BERT's sentence A / B embeddings
