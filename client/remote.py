@@ -402,6 +402,8 @@ class RemoteStages:
                 return ServerUnavailableError(f"{self.url} answers Triton's HTTP protocol, not GRPC: use http://{self.url}")
             return self._not_tls()
         if speaks == "tls":  # both speak TLS and the server still hung up: it wants another client certificate
+            if error is not None and _tls_failure(error) == "untrusted":
+                return None  # the server's certificate is the problem, not ours: _translate says so
             if isinstance(error, ssl.SSLError) or (error is not None and "Socket closed" in _message(error)):
                 have = "the client certificate given" if self.tls.cert else "no client certificate (--tls-cert, --tls-key)"
                 return TlsError(f"{self._where()} closed the TLS connection: it asks for a client certificate signed "
