@@ -332,7 +332,7 @@ def test_a_driven_family_exports_with_driver_parity_and_runs_in_process(loop_rep
 
     root, exported = loop_repository
     worst = exported.parity.worst()
-    assert "driver.AB" in worst and worst["driver.AB"] <= exported.parity.tolerance
+    assert "driver.AB" in worst and worst["driver.AB"] <= exported.parity.tolerances()["driver.AB"]
     first, _ = _photos()
     col = Colorizer(model=LOOP, model_repository=root)
     a, b, a2 = col.colorize(first, seed="1"), col.colorize(first, seed="2"), col.colorize(first, seed="1")
