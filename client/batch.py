@@ -175,7 +175,11 @@ class _Pipeline:
             if self.kinds.get(name) == IMAGE:
                 digest = self._hashes.get(value)
                 if digest is None:
-                    digest = self._hashes[value] = hashlib.sha256(read_bytes(value)).hexdigest()
+                    try:
+                        data = read_bytes(value)
+                    except LangcolorError as e:
+                        raise type(e)(f"{name}: {e}") from e  # which input of the line: the photo's is its own
+                    digest = self._hashes[value] = hashlib.sha256(data).hexdigest()
                 out[name] = "sha256:" + digest
             else:
                 out[name] = value

@@ -11,6 +11,10 @@ Boundaries:
   secured-grpc/http  a server started with an API key and gRPC TLS, through the client (``RemoteStages``),
                      as a user meets it (tests/test_security_server.py runs these rows)
 
+Rows of kind ``reference`` go to the served family that takes an image input beside the photo (a
+reference photo), at its Python API, CLI (``--reference``), batch (a manifest's reference column)
+and the ``colorize`` endpoint (``MODEL`` naming it); they skip when no such family is served.
+
 ``expect`` is a case-insensitive regular expression the error message must match (it names the
 problem); ``ACCEPTED`` marks an awkward but valid input that must succeed. ``at`` overrides the
 expectation for one boundary, ``SKIPPED`` there means the batch skips the image and says so.
@@ -43,6 +47,7 @@ KIND_BOUNDARIES = {
     "manifest": ("batch",),
     "output": ("python", "cli", "batch"),
     "access": ("secured-grpc", "secured-http"),
+    "reference": ("python", "cli", "batch", "colorize-grpc", "colorize-http"),
 }
 BOUNDARIES = ("python", "cli", "batch", "lcode-grpc", "lcode-http", "colorize-grpc", "colorize-http",
               "secured-grpc", "secured-http")
@@ -78,7 +83,7 @@ class BadInput:
     expect: str  # regex the error must match, or ACCEPTED
     make: Callable[..., Any]  # image: ctx -> bytes; caption: ctx -> str|bytes; tensor: ctx -> (L, TOKENS);
     # request: ctx -> [(name, array, triton dtype)]; manifest: (ctx, root) -> (file name, bytes);
-    # output/source: (ctx, tmp folder) -> path; access: ctx -> Access
+    # output/source: (ctx, tmp folder) -> path; access: ctx -> Access; reference: ctx -> bytes or None (none given)
     at: dict[str, str] = field(default_factory=dict)  # boundary -> expectation there
     cannot: dict[str, str] = field(default_factory=dict)  # boundary -> why it cannot receive this input
 
@@ -176,6 +181,31 @@ IMAGES = [
              lambda c: _encode(np.tile(skdata.camera()[200, :], 8)[None, :4000], "PNG")),
     BadInput("gray-16-bit", "image", "16-bit grayscale PNG", ACCEPTED, lambda c: _gray16_png()),
     BadInput("cmyk-jpeg", "image", "CMYK JPEG", ACCEPTED, lambda c: _cmyk_jpeg()),
+]
+
+# ----------------------------------------------------------------------------- reference images
+def _colour_photo_jpeg() -> bytes:
+    return _encode(skdata.coffee()[::4, ::4], "JPEG", quality=90)
+
+
+_REF = r"reference: "
+
+REFERENCES = [
+    BadInput("ref-missing", "reference", "no reference image (and no palette) for a model that needs one",
+             r"needs a reference image", lambda c: None),
+    BadInput("ref-empty", "reference", "empty reference file (0 bytes)", _REF + r".*empty", lambda c: b""),
+    BadInput("ref-text-file", "reference", "a text file as the reference", _REF + r".*" + _NOT_IMAGE,
+             lambda c: b"Box 12: harbour photographs, 1931.\n"),
+    BadInput("ref-truncated-jpeg", "reference", "first third of a colour JPEG as the reference",
+             _REF + r".*(" + _DECODE + ")", lambda c: _colour_photo_jpeg()[: len(_colour_photo_jpeg()) // 3]),
+    BadInput("ref-gray", "reference", "a gray photograph as the reference", _REF + r".*carries no colour",
+             lambda c: _encode(skdata.camera()[::4, ::4], "PNG")),
+    BadInput("ref-bomb", "reference", "67-byte PNG declaring 100000 x 100000 as the reference",
+             r"(decompression bomb|exceeds the limit)", lambda c: png_declaring(100_000, 100_000)),
+    BadInput("ref-one-pixel", "reference", "a 1 x 1 colour reference (one colour)", ACCEPTED,
+             lambda c: _encode(np.array([[[180, 40, 30]]], np.uint8), "PNG")),
+    BadInput("ref-other-size-format", "reference", "a colour JPEG of another size and format than the photo", ACCEPTED,
+             lambda c: _colour_photo_jpeg()),
 ]
 
 # ----------------------------------------------------------------------------- captions
@@ -426,7 +456,7 @@ ACCESS = [
              "Triton's own HTTP port)", r"does not speak TLS: use (grpc|http)://", lambda c: Access(plaintext_server=True)),
 ]
 
-TABLE: list[BadInput] = IMAGES + CAPTIONS + TENSORS + REQUESTS + MANIFESTS + OUTPUTS + ARRAYS + ACCESS
+TABLE: list[BadInput] = IMAGES + REFERENCES + CAPTIONS + TENSORS + REQUESTS + MANIFESTS + OUTPUTS + ARRAYS + ACCESS
 assert len({b.name for b in TABLE}) == len(TABLE), "bad input names must be unique"
 
 

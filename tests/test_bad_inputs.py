@@ -72,6 +72,35 @@ def colorizer(served_repository):
     return Colorizer(model_repository=served_repository.path, intra_op_threads=1)
 
 
+@pytest.fixture(scope="module")
+def reference_input(served_repository) -> tuple[str, object]:
+    """(family, input field) of a served family that takes an image beside the photo; else the rows skip."""
+    from langcolor.client import families
+
+    for name in families.names():
+        if (served_repository.path / name / "1" / "langcolor.json").is_file():
+            for field in families.get(name).inputs:
+                if field.kind == families.IMAGE:
+                    return name, field
+    pytest.skip("the served repository has no family that takes a reference image")
+
+
+@pytest.fixture(scope="module")
+def reference_colorizer(served_repository, reference_input):
+    from langcolor.client.colorizer import Colorizer
+
+    return Colorizer(model=reference_input[0], model_repository=served_repository.path, intra_op_threads=1)
+
+
+def _good_reference() -> bytes:
+    return table.REFERENCES[-1].make(None)  # the colour JPEG row, ACCEPTED
+
+
+def _reference_values(case: BadInput, ctx: Context, field) -> dict:
+    ref = case.make(ctx)
+    return {} if ref is None else {field.name: ref}
+
+
 def _image_size(data: bytes) -> tuple[int, int]:
     from langcolor.client.imageio import load_image
 
@@ -80,9 +109,12 @@ def _image_size(data: bytes) -> tuple[int, int]:
 
 # ============================================================================ Python API
 @pytest.mark.parametrize("pair", _pairs("python"))
-def test_python_api(pair, ctx, colorizer, tmp_path):
+def test_python_api(pair, ctx, colorizer, tmp_path, request):
     case, where = pair
     expect = case.expect_at(where)
+    if case.kind == "reference":
+        _python_reference(case, where, ctx, request)
+        return
     try:
         if case.kind == "image":
             data = case.make(ctx)
@@ -121,6 +153,19 @@ def test_python_api(pair, ctx, colorizer, tmp_path):
     assert colorizer.colorize(photo_png(), ctx.good_caption).rgb.shape == (128, 128, 3)
 
 
+def _python_reference(case: BadInput, where: str, ctx: Context, request) -> None:
+    rc = request.getfixturevalue("reference_colorizer")
+    _, field = request.getfixturevalue("reference_input")
+    try:
+        outcome = rc.colorize(photo_png(), **_reference_values(case, ctx, field))
+        assert outcome.rgb.shape == (128, 128, 3)
+    except LangcolorError as e:
+        _check_message(str(e), case, where)
+    else:
+        assert case.expect_at(where) == ACCEPTED, f"{case.name}: accepted, expected /{case.expect_at(where)}/"
+    assert rc.colorize(photo_png(), **{field.name: _good_reference()}).rgb.shape == (128, 128, 3)
+
+
 # ============================================================================ langcolor colorize
 def _cli(*args, cwd: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "langcolor.client.cli", "colorize", *args]
@@ -128,7 +173,7 @@ def _cli(*args, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("pair", _pairs("cli"))
-def test_command_line(pair, ctx, served_repository, tmp_path):
+def test_command_line(pair, ctx, served_repository, tmp_path, request):
     case, where = pair
     expect = case.expect_at(where)
     photo, caption, out = tmp_path / "photo.png", ctx.good_caption, tmp_path / "out.png"
@@ -141,8 +186,16 @@ def test_command_line(pair, ctx, served_repository, tmp_path):
         photo = case.make(ctx, tmp_path)
     elif case.kind == "output":
         out = case.make(ctx, tmp_path)
+    condition = ["-c", caption]
+    if case.kind == "reference":
+        family, field = request.getfixturevalue("reference_input")
+        condition = ["--model", family]
+        if case.make(ctx) is not None:
+            ref = tmp_path / "reference.img"
+            ref.write_bytes(case.make(ctx))
+            condition += [f"--{field.name}", ref]
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    proc = _cli(photo, "-c", caption, "-o", out, "--model-repository", served_repository.path, cwd=tmp_path)
+    proc = _cli(photo, *condition, "-o", out, "--model-repository", served_repository.path, cwd=tmp_path)
     stderr = proc.stderr.decode("utf-8", "replace")
     if expect == ACCEPTED:
         assert proc.returncode == 0, stderr
@@ -215,6 +268,52 @@ def test_batch_image_and_caption(pair, ctx, image_and_caption_batch, served_repo
     assert not _leftovers(out.parent / "archive") and not [p for p in out.rglob("*.tmp*")]
 
 
+@pytest.fixture(scope="module")
+def reference_batch(ctx, reference_input, reference_colorizer, tmp_path_factory):
+    """One run_batch over a manifest whose lines name every reference row's image, plus good lines."""
+    from langcolor.client.batch import BatchOptions, run_batch
+
+    family, field = reference_input
+    root = tmp_path_factory.mktemp("bad_reference_batch")
+    src, out = root / "archive", root / "colour"
+    (src / "refs").mkdir(parents=True)
+    (src / "refs" / "good.jpg").write_bytes(_good_reference())
+    rows = []
+    for case in table.cases("batch", ("reference",)):
+        (src / f"{case.name}.png").write_bytes(photo_png())
+        row = {"path": f"{case.name}.png"}
+        if case.make(ctx) is not None:
+            (src / "refs" / f"{case.name}.img").write_bytes(case.make(ctx))
+            row[field.name] = f"refs/{case.name}.img"
+        rows.append(row)
+    for i in range(3):
+        (src / f"good{i}.png").write_bytes(photo_png())
+        rows.append({"path": f"good{i}.png", field.name: "refs/good.jpg"})
+    manifest = src / "list.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = run_batch(BatchOptions(manifest, out, progress=False, batch_size=4, model=family), reference_colorizer)
+    return summary, out
+
+
+@pytest.mark.parametrize("pair", _pairs("batch", kinds=("reference",)))
+def test_batch_reference(pair, reference_batch):
+    case, where = pair
+    expect = case.expect_at(where)
+    summary, out = reference_batch
+    name = f"{case.name}.png"
+    reasons = {f.input: f.reason for f in summary.failures}
+    assert summary.aborted is None
+    for i in range(3):
+        assert (out / f"good{i}.png").is_file() and f"good{i}.png" not in reasons
+    if expect == ACCEPTED:
+        assert name not in reasons and (out / name).is_file(), reasons.get(name)
+    else:
+        assert name in reasons, f"{case.name}: not reported as failed"
+        _check_message(reasons[name], case, where)
+        assert not (out / name).exists()
+    assert not [p for p in out.rglob("*.tmp*")]
+
+
 def _batch_cli(source: Path, output: Path, repo, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "langcolor.client.cli", "batch", str(source), "--output", str(output),
            "--model-repository", str(repo.path), "--no-progress", "--workers", "1", *extra]
@@ -284,7 +383,14 @@ def _caption_bytes(caption: str | bytes) -> bytes:
     return caption if isinstance(caption, bytes) else caption.encode("utf-8", "surrogatepass")
 
 
-def _server_inputs(case: BadInput, ctx: Context) -> tuple[str, list, str]:
+def _server_inputs(case: BadInput, ctx: Context, reference=None) -> tuple[str, list, str]:
+    b = lambda x: np.array([[x]], dtype=np.object_)  # noqa: E731  [1, 1] BYTES
+    if case.kind == "reference":
+        family, field = reference
+        inputs = [("IMAGE", b(photo_png()), "BYTES"), ("MODEL", b(family.encode()), "BYTES")]
+        if case.make(ctx) is not None:
+            inputs.append((field.name.upper(), b(case.make(ctx)), "BYTES"))
+        return "colorize", inputs, "COLORIZED"
     if case.kind == "tensor":
         L, tokens = case.make(ctx)
         return "lcode", [("L", L, "FP32" if L.dtype == np.float32 else "FP64"),
@@ -293,20 +399,20 @@ def _server_inputs(case: BadInput, ctx: Context) -> tuple[str, list, str]:
         return "colorize", case.make(ctx), "COLORIZED"
     image = case.make(ctx) if case.kind == "image" else photo_png()
     caption = _caption_bytes(case.make(ctx)) if case.kind == "caption" else ctx.good_caption.encode()
-    b = lambda x: np.array([[x]], dtype=np.object_)  # noqa: E731  [1, 1] BYTES
     return "colorize", [("IMAGE", b(image), "BYTES"), ("CAPTION", b(caption), "BYTES")], "COLORIZED"
 
 
 @pytest.mark.server
 @pytest.mark.parametrize("pair", _pairs("lcode-grpc", "lcode-http", "colorize-grpc", "colorize-http"))
-def test_server(pair, ctx, triton_server):
+def test_server(pair, ctx, triton_server, request):
     from tritonclient.utils import InferenceServerException
 
     case, where = pair
     expect = case.expect_at(where)
     protocol = where.split("-")[1]
     url = triton_server.endpoints.grpc_url if protocol == "grpc" else triton_server.endpoints.http_url
-    model, inputs, output = _server_inputs(case, ctx)
+    reference = request.getfixturevalue("reference_input") if case.kind == "reference" else None
+    model, inputs, output = _server_inputs(case, ctx, reference)
     try:
         result = _raw(protocol, url, model, inputs, output)
     except InferenceServerException as e:
