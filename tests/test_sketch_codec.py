@@ -143,3 +143,16 @@ def test_a_drawing_without_closed_outlines_says_only_the_background_can_be_colou
     lines[30] = 0
     p = SKETCH_CODEC.prepare(lines, {}, geom)
     assert p.proposals.count == 0 and [n.kind for n in p.notes] == ["no-objects"]
+
+
+def test_the_held_out_two_category_form_names_one_object_of_each_in_known_words(scene):
+    from langcolor.export.families.sketch.instructions import make, of_category, possible
+
+    tok = CaptionTokenizer.train(vocabulary_texts(), CFG.max_tokens)
+    options = possible(scene, "two")
+    assert options and all(len(of_category(scene, c)) == 1 for pair in options for c in pair)
+    ins = make(scene, "two", options[0], np.random.default_rng(0))
+    a, b = options[0]
+    assert ins.text.startswith(f"the {a} and the {b} are ")
+    assert sorted(ins.targets) == sorted(of_category(scene, a) + of_category(scene, b))
+    assert set(tok.words_of(ins.text)) <= set(tok.vocabulary)  # held out as a form, not as words

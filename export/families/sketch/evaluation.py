@@ -8,7 +8,7 @@ user of ``langcolor sketch`` gets:
 - **referring stroke mIoU**: per foreground instruction, IoU of R > 0.5 with the referred objects,
   counted on ink pixels at S (the paper's measure); also after selection (the union of selected objects);
 - **selection F1** over objects, per group: single (incl. the part form), all, location, and the two
-  held-out paraphrases apart;
+  held-out paraphrases and the held-out two-category form ("the car and the tree are red") apart;
 - **instance colour**: a referred object counts when the mean of its paper (without a separately named
   part) is nearest, among the palette and the bare paper, to the instructed colour; parts apart;
 - **swap**: the same drawings and instructions with each colour word replaced by another;
@@ -37,7 +37,7 @@ from . import regions
 from .codec import SKETCH_CODEC, PreparedSketch
 from .config import BACKGROUND, CANVAS, INST_MASKS, REFERRED, SKETCH
 from .drawing import Scene, match_items, random_scene
-from .instructions import HELDOUT_KINDS, Instruction, make, possible, random_instruction
+from .instructions import HELDOUT_KINDS, MULTI_KINDS, Instruction, make, possible, random_instruction
 from .network import GROUND, SKY
 from .words import COLOURS, PALETTE, PARTS, SKY as SKY_WORD
 
@@ -47,7 +47,8 @@ GATES = {"stroke_miou": 0.8, "selection_f1": 0.9, "instance_colour": 0.85, "swap
 _NAMES = COLOURS + ("paper",)
 _RGB = np.array([PALETTE[c] for c in COLOURS] + [(255, 255, 255)], np.float32)  # paper: left uncoloured
 FG_KINDS = ("single", "part", "location", "all") + HELDOUT_KINDS
-SELECTION_GROUPS = ("single", "all", "location", "heldout colorize", "heldout short")
+SELECTION_GROUPS = ("single", "all", "location", "heldout colorize", "heldout short", "heldout 2 categories")
+UNGATED_KINDS = HELDOUT_KINDS + MULTI_KINDS  # reported, in neither the gated figures nor the swap
 
 
 def read_colour(rgb: np.ndarray, where: np.ndarray) -> str | None:
@@ -312,6 +313,12 @@ def evaluate(model: torch.nn.Module, conditioner, scenes: int = 256, seed: int =
                 if kind not in HELDOUT_KINDS:
                     swaps.append((scene, ins.recoloured(_swap_map(rng)), None))
         backgrounds.append((scene, random_instruction(scene, ("background",), rng), None))
+    multi_rng = np.random.default_rng([seed, 4_000_002])  # its own stream: the other figures stay as they were
+    for scene in drawn:
+        for kind in MULTI_KINDS:
+            options = possible(scene, kind)
+            if options:
+                items.append((scene, make(scene, kind, options[int(multi_rng.integers(len(options)))], multi_rng), None))
     runs, blind = runner.run(items), runner.run(items, blind=True)
     swapped, bg_runs, bg_blind = runner.run(swaps), runner.run(backgrounds), runner.run(backgrounds, blind=True)
 
@@ -326,25 +333,25 @@ def evaluate(model: torch.nn.Module, conditioner, scenes: int = 256, seed: int =
             continue
         group, ins = run.instruction.group, run.instruction
         truth = np.array([s in ins.targets for s in slots])
-        rule = np.array([run.scene.items[s].category == run.scene.items[ins.targets[0]].category for s in slots])
+        named = {run.scene.items[i].category for i in ins.targets}
+        rule = np.array([run.scene.items[s].category in named for s in slots])
         for row, pick in enumerate((run.outputs["SELECTED"][: len(slots)] > 0.5, off.outputs["SELECTED"][: len(slots)] > 0.5, rule)):
             counts[group][row] += [(pick & truth).sum(), (pick & ~truth).sum(), (~pick & truth).sum()]
         n_group[group] += 1
         iou = _stroke_iou(run, slots)
-        if iou is not None and ins.kind not in HELDOUT_KINDS:
+        if iou is not None and ins.kind not in UNGATED_KINDS:
             ious.append(iou[0])
             ious_sel.append(iou[1])
         body, parts = _colour_hits(run)
         by_group.setdefault(group, ([], []))
         by_group[group][0].extend(body)
         by_group[group][1].extend(_colour_hits(off)[0])
-        if ins.kind not in HELDOUT_KINDS:
+        if ins.kind not in UNGATED_KINDS:
             colour_hits += body
             colour_base += _colour_hits(off)[0]
             part_hits += parts
         local.append(_local(run))
-        cat = run.scene.items[ins.targets[0]].category
-        others = [i for i, it in enumerate(run.scene.items) if it.category == cat and i not in ins.targets]
+        others = [i for i, it in enumerate(run.scene.items) if it.category in named and i not in ins.targets]
         untouched += [bool((run.after[_body(run.scene, i, False)] == run.before[_body(run.scene, i, False)]).all())
                       for i in others]
     swap_hits = [h for run in swapped if _slots(run) is not None for h in _colour_hits(run)[0]]

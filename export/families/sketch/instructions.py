@@ -10,8 +10,10 @@ Forms (``kind``):
   (either order)
 
 Held out of training, for testing paraphrases: ``colorize`` "colorize the {cat} with {c}" and
-``short`` "{c} {cat}" (one {cat} in the scene). Selection is scored per ``group``: single (single and
-part forms), all, location; the held-out forms in their own groups.
+``short`` "{c} {cat}" (one {cat} in the scene); and one instruction naming two categories, ``two``
+"the {cat1} and the {cat2} are {c}" (one of each), which the paper's one-referent RMI was never
+asked to read. Selection is scored per ``group``: single (single and part forms), all, location; the
+held-out forms in their own groups.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ LOCATION_MARGIN = 6.0  # units: the target is this much further left (right, ...
 
 TRAINED_KINDS = ("single", "part", "location", "all", "background")
 HELDOUT_KINDS = ("colorize", "short")
+MULTI_KINDS = ("two",)  # held out too: two categories in one instruction, reported apart
 GROUPS = {"single": "single", "part": "single", "location": "location", "all": "all",
-          "colorize": "heldout colorize", "short": "heldout short", "background": "background"}
+          "colorize": "heldout colorize", "short": "heldout short", "two": "heldout 2 categories",
+          "background": "background"}
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,9 @@ def possible(scene: Scene, kind: str) -> list[tuple]:
             if len(members) >= 2:
                 out += [(c, loc) for loc in LOCATIONS if extreme(scene, members, loc) is not None]
         return out
+    if kind == "two":
+        alone = [c for c in cats if len(of_category(scene, c)) == 1]
+        return [(a, b) for i, a in enumerate(alone) for b in alone[i + 1:]]
     if kind == "background":
         return [("sky", None), ("ground", None), ("both", None)]
     raise ValueError(kind)
@@ -125,6 +132,8 @@ def make(scene: Scene, kind: str, choice: tuple, rng: np.random.Generator,
         return Instruction(f"all the {PLURALS[cat]} are {c}", kind, tuple(members), c)
     if kind == "part":
         return Instruction(f"the {cat} is {c} with {picked[1]} {PARTS[cat]}", kind, tuple(members), c, picked[1])
+    if kind == "two":
+        return Instruction(f"the {cat} and the {extra} are {c}", kind, tuple(members + of_category(scene, extra)), c)
     text = {"single": f"the {cat} is {c}", "colorize": f"colorize the {cat} with {c}", "short": f"{c} {cat}"}[kind]
     return Instruction(text, kind, tuple(members), c)
 
