@@ -248,3 +248,9 @@ def test_shipped_model_meets_every_target_of_the_evaluation(shipped):
     assert report.gates() == {k: True for k in report.gates()}, report.summary_lines()
     assert report.selection_f1["location"].category_rule < 0.7  # the location words carry the choice
     assert report.instance_colour.baseline < 0.1 and report.background_colour.baseline < 0.2
+    held = report.selection_f1
+    assert held["heldout colorize"].model >= 0.9 and held["heldout short"].model >= 0.85  # 0.992 / 0.902 on the card's 512
+    # Two categories in one instruction were never trained and are not followed (0.554 on the card's 512:
+    # mostly the last-named object alone); scored apart, out of the gates, yet above the instruction-free network.
+    two = held["heldout 2 categories"]
+    assert two.count > 0 and two.model > two.instruction_free + 0.3
