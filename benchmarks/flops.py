@@ -164,6 +164,30 @@ def _ort_matmul(n: int):
                                 providers=["CPUExecutionProvider"])
 
 
+MATRIX_FLAGS = ("avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
+
+
+def matrix_isa() -> list[str]:
+    """The matrix-related instruction sets this CPU reports (/proc/cpuinfo flags), found at run time."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return []
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    return [f for f in MATRIX_FLAGS if f in flags]
+
+
+def measure_peak_bf16(n: int = 2048, repeats: int = 5) -> Peak:
+    """Bfloat16 GFLOP/s of an ``n x n`` matrix product on every core with torch (oneDNN uses
+    AVX512-BF16 or AMX where the CPU has them; elsewhere this measures its fallback)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(torch.bfloat16)
+    b = torch.randn(n, n, generator=g).to(torch.bfloat16)
+    best = _best_time(lambda: torch.mm(a, b), repeats)
+    gflops = 2 * n**3 / best / 1e9
+    return Peak(gflops=gflops, n=n, threads=torch.get_num_threads(), seconds=best, by_library={"torch": round(gflops, 2)})
+
+
 def measure_peak(n: int = 2048, repeats: int = 5) -> Peak:
     """Float32 GFLOP/s of an ``n x n`` matrix product on every core, with torch, numpy and onnxruntime;
     the peak is the best of them (the machine can do at least that much)."""

@@ -20,16 +20,30 @@ from .targets import UNRECORDED_FAMILY
 
 SCHEMA = 1
 REQUIRED_ROW_KEYS = (
-    "path", "family", "config", "stage", "batch", "concurrency", "device", "precision",
+    "path", "family", "config", "stage", "batch", "concurrency", "device", "precision", "runtime", "default",
     "p50_ms", "p95_ms", "p99_ms", "throughput",
 )
+# What runs the network on each path (a path not listed runs onnxruntime in some wrapper).
+PATH_RUNTIMES = {"pytorch": "pytorch", "tensorrt-trtexec": "tensorrt", "client-prepost": "numpy"}
+SERVED_PREFIXES = ("triton", "perf_analyzer", "colorize", "client+ensemble")
+NOT_DEFAULT_PATHS = ("pytorch", "tensorrt-trtexec", "onnxruntime-cuda")  # references, or a flag away
+
+
+def path_runtime(path: str) -> str:
+    """``runtime`` of a row: the library that runs the network, behind Triton for a served path."""
+    if path in PATH_RUNTIMES:
+        return PATH_RUNTIMES[path]
+    return "triton/onnxruntime" if path.startswith(SERVED_PREFIXES) else "onnxruntime"
 
 
 def make_row(path: str, config: str, stage: str, device: str, precision: str, stats: LatencyStats,
              gflops_per_image: float | None = None, peak_gflops: float | None = None, family: str = DEFAULT_FAMILY,
              **extra) -> dict:
+    # default: the row measures what a user gets without flags (the served configuration as
+    # exported, the in-process runtime's own settings); a tuning variant's row does not.
     row = {"path": path, "family": family, "config": config, "stage": stage, "device": device,
-           "precision": precision, **stats.to_dict()}
+           "precision": precision, "runtime": extra.pop("runtime", None) or path_runtime(path),
+           "default": extra.pop("default", extra.get("variant") is None and path not in NOT_DEFAULT_PATHS), **stats.to_dict()}
     if gflops_per_image is not None:
         achieved = gflops_per_image * stats.throughput
         row["gflops_per_image"] = float(f"{gflops_per_image:.6g}")

@@ -22,7 +22,7 @@ import torch
 
 from langcolor.client.families import DEFAULT_FAMILY
 
-from .flops import measure_peak, network_gflops_per_image
+from .flops import matrix_isa, measure_peak, measure_peak_bf16, network_gflops_per_image
 from .models import BenchModel, load_model
 from .paths import E2E, Runner, gpu_runners, onnxruntime_runner, pytorch_runner
 from .report import make_row, new_document, write_document
@@ -68,14 +68,16 @@ class Context:
     options: BenchOptions
     doc: dict
     workdir: Path
-    peak_gflops: float
+    peak_gflops: float  # fp32
+    peaks: dict[str, float] = field(default_factory=dict)  # precision -> measured matmul GFLOP/s
     flops: dict[str, dict[str, float]] = field(default_factory=dict)  # config -> stage -> GFLOPs/image
     output: Path | None = None  # rewritten after every row, so an interrupted run keeps what it measured
 
     def add(self, path: str, config: str, stage: str, device: str, precision: str, stats, **extra) -> dict:
         gf = self.flops.get(config, {}).get(stage)
         row = make_row(path, config, stage, device, precision, stats, gflops_per_image=gf,
-                       peak_gflops=self.peak_gflops if device == "cpu" else None, family=self.options.family, **extra)
+                       peak_gflops=self.peaks.get(precision, self.peak_gflops if precision == "fp32" else None)
+                       if device == "cpu" else None, family=self.options.family, **extra)
         self.doc["results"].append(row)
         if self.output is not None:
             write_document(self.doc, self.output)
@@ -155,9 +157,18 @@ def run_bench(options: BenchOptions, output: Path) -> dict:
         peak = measure_peak()
         doc["peak"] = asdict(peak)
         log.info("peak: %.1f GFLOP/s (float32 %dx%d matmul, %d threads; %s)", peak.gflops, peak.n, peak.n, peak.threads, peak.by_library)
+        # Each row's fraction_of_peak is against the peak of its own precision.
+        doc["peaks"] = {"fp32": round(peak.gflops, 2)}
+        doc["machine"]["matrix_isa"] = matrix_isa()
+        try:
+            doc["peaks"]["bf16"] = round(measure_peak_bf16().gflops, 2)
+            log.info("bf16 peak: %.1f GFLOP/s (torch matmul; CPU matrix ISA: %s)", doc["peaks"]["bf16"],
+                     ", ".join(doc["machine"]["matrix_isa"]) or "none reported")
+        except RuntimeError as e:  # a torch build without CPU bfloat16 matmul
+            doc.setdefault("skipped", []).append(f"bf16 peak: {e}")
         doc["family"] = options.family
         doc["targets_note"] = targets_note(options.family)
-        ctx = Context(options, doc, workdir, peak.gflops, output=Path(output))
+        ctx = Context(options, doc, workdir, peak.gflops, peaks=dict(doc["peaks"]), output=Path(output))
         models = {}
         for config in options.configs:
             models[config] = run_config(ctx, config)

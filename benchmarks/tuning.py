@@ -1,9 +1,11 @@
 """What was tried to make the paths faster, each measured in the same run as the baseline.
 
 - onnxruntime in-process: graph optimisation level, intra-op threads, execution mode, spinning.
-- Triton: the stage configs regenerated with a changed ``Target`` (threads per stage, dynamic
-  batching delay, preferred batch sizes, instance count) into a *copy* of the repository in the
-  run's temp folder; the exporter's own ``stage_config`` writes them, so only the setting differs.
+- Triton: the family's serving configs regenerated with a changed ``Target`` (threads per instance,
+  dynamic batching delay, preferred batch sizes, instance count, the stages fused into one Python
+  model or not) into a *copy* of the repository in the run's temp folder; the exporter's own
+  ``write_serving_configs`` writes them, so only the setting differs. ``previous`` is the layout
+  shipped before the fused chain (three Python stages, one thread each, 2 ms queue delay).
   Which settings to adopt is a decision for ``export/triton_config.py``'s owner, made from these rows.
 """
 
@@ -15,8 +17,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from langcolor.client.runtime import VERSION
-from langcolor.client.spec import MANIFEST_FILE, STAGES, ModelManifest, stage_specs
-from langcolor.export.triton_config import CONFIG_FILE, Target, stage_config, to_text
+from langcolor.client.spec import MANIFEST_FILE, ModelManifest
+from langcolor.export.triton_config import Target
+from langcolor.export.triton_repo import write_serving_configs
 
 from .models import BenchModel
 from .paths import E2E, OrtOptions, ort_variant_runner
@@ -38,14 +41,17 @@ ORT_VARIANTS = (
 BASE_TARGET = Target(backend="python")
 TRITON_VARIANTS: dict[str, Target] = {
     "base": BASE_TARGET,
+    "previous": replace(BASE_TARGET, fused=False, intra_op_threads=1, max_queue_delay_us=2000),
+    "unfused": replace(BASE_TARGET, fused=False),
+    "threads=1": replace(BASE_TARGET, intra_op_threads=1),
     "threads=2": replace(BASE_TARGET, intra_op_threads=2),
-    "delay=0": replace(BASE_TARGET, max_queue_delay_us=0),
+    "delay=2ms": replace(BASE_TARGET, max_queue_delay_us=2000),
     "delay=10ms": replace(BASE_TARGET, max_queue_delay_us=10_000),
     "preferred=8": replace(BASE_TARGET, preferred_batch_sizes=(8,)),
     "instances=2": replace(BASE_TARGET, instance_count=2),
     "instances=2,threads=2": replace(BASE_TARGET, instance_count=2, intra_op_threads=2),
 }
-QUICK_TRITON_VARIANTS = ("threads=2",)
+QUICK_TRITON_VARIANTS = ("base", "previous", "unfused")  # base: the current defaults regenerated (the measured repository may predate them)
 
 
 def run_ort_variants(ctx, bm: BenchModel, batches: tuple[int, ...] = (1, 8),
@@ -80,14 +86,14 @@ def run_pytorch_threads(ctx, bm: BenchModel, threads: int = 1, batches: tuple[in
 
 
 def write_variant(repository: Path, out: Path, target: Target, family: str) -> Path:
-    """Copy ``repository`` to ``out`` with ``family``'s three stage configs regenerated for ``target``."""
+    """Copy ``repository`` to ``out`` with ``family``'s serving configs regenerated for ``target``
+    (threads left unset: the count the export chose for the family)."""
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(repository, out)
-    geom = ModelManifest.load(Path(repository) / family / VERSION / MANIFEST_FILE).geometry
-    specs = stage_specs(geom)
-    for stage in STAGES:
-        spec = specs[stage]
-        (out / spec.model_name / CONFIG_FILE).write_text(to_text(stage_config(spec, target)))
+    manifest = ModelManifest.load(Path(repository) / family / VERSION / MANIFEST_FILE)
+    if target.intra_op_threads is None:
+        target = replace(target, intra_op_threads=manifest.extra.get("serving", {}).get("intra_op_threads", 1))
+    write_serving_configs(out, manifest.geometry, target, manifest.assets, manifest.weights_sha256)
     return out
 
 
@@ -112,14 +118,11 @@ def run_triton_variants(ctx, bm: BenchModel, names: tuple[str, ...], concurrenci
 def run_tuning(ctx, bm: BenchModel) -> None:
     o = ctx.options
     if o.quick:
-        # The settings the targets turn on: for `full`, one thread per stage on each side (like for
-        # like) and Triton stages given both cores (like the in-process default); for `small`, whose
-        # calls take milliseconds, the dynamic batcher's queue delay (paid at each of three stages).
+        # The shipped serving configuration against the one it replaced and against the same
+        # settings without the fused chain, side by side in one run.
         if bm.config == "full":
             run_ort_variants(ctx, bm, batches=(1,), variants=(OrtOptions(intra_op_threads=1),))
-            run_triton_variants(ctx, bm, QUICK_TRITON_VARIANTS, (1, 8))
-        else:
-            run_triton_variants(ctx, bm, ("delay=0",), (1, 8))
+        run_triton_variants(ctx, bm, QUICK_TRITON_VARIANTS, (1, 8))
         return
     run_pytorch_threads(ctx, bm)
     run_ort_variants(ctx, bm)

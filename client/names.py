@@ -26,8 +26,9 @@ NOTES = "NOTES"  # BYTES [1]: JSON list of notes on how the inputs were read (ig
 # (the field name upper-cased: CAPTION, REFERENCE, ...).
 
 # --- config parameters -------------------------------------------------------------------------------
-PARAM_ROLE = "role"  # which part of the langcolor backend a model runs: "stage" or "colorize"
-PARAM_INTRA_OP_THREADS = "intra_op_threads"
+PARAM_ROLE = "role"  # which part of the langcolor backend a model runs: "stage", "chain", "colorize", "pipeline"
+PARAM_INTRA_OP_THREADS = "intra_op_threads"  # onnxruntime threads per instance; THREADS_ALL_CORES: every usable core
+THREADS_ALL_CORES = 0  # counted when the model loads (client/runtime.py resolve_threads)
 PARAM_ONNX_FILE = "onnx_file"
 PARAM_RANGE_PREFIX = "input_range."  # "input_range.L" = "0 100": inclusive bounds checked per request
 PARAM_WEIGHTS_SHA256 = "weights_sha256"
@@ -38,5 +39,6 @@ PARAM_ENSEMBLE = "ensemble"  # colorize: the family a request without MODEL goes
 PARAM_FAMILIES = "families"  # colorize: the families MODEL may name, comma-separated
 PARAM_MAX_PIXELS = "max_pixels"
 PARAM_WEIGHTS_PREFIX = "weights_sha256."  # colorize: "weights_sha256.<family>" for every family it serves
+PARAM_STAGE_MODELS = "stage_models"  # chain: the stage models whose model.onnx files it runs, in order
 
 BACKEND = "langcolor"  # the Python-based Triton backend every Python model of the repository names

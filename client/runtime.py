@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Protocol
@@ -19,7 +20,7 @@ from typing import Mapping, Protocol
 import numpy as np
 import onnxruntime as ort
 
-from . import families
+from . import families, names
 from .errors import LangcolorError, ModelNotFoundError, TensorError
 from .families import Conditioner, Family
 from .paths import resolve_model_repository
@@ -162,6 +163,23 @@ def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
     if intra_op_threads:
         opts.intra_op_num_threads = int(intra_op_threads)
     return opts
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's limit, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_threads(value: str | int | None, cores: int | None = None) -> int:
+    """A served model's ``intra_op_threads`` parameter as a thread count: unset is 1,
+    ``names.THREADS_ALL_CORES`` every core this process may use (``cores``, counted if not given)."""
+    n = int(value) if value not in (None, "") else 1
+    if n < 0:
+        raise LangcolorError(f"{names.PARAM_INTRA_OP_THREADS} must be >= 0, got {n}")
+    return (cores or usable_cores()) if n == names.THREADS_ALL_CORES else n
 
 
 def providers_for(device: str) -> list[str]:

@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp16", action="store_true", help="TensorRT in FP16 (needs --tensorrt)")
     parser.add_argument("--max-batch-size", type=int, default=8, help="max_batch_size of every model (>= 8)")
     parser.add_argument("--instances", type=int, default=1, help="instances per stage")
-    parser.add_argument("--intra-op-threads", type=int, default=1, help="onnxruntime threads per stage instance")
+    parser.add_argument("--intra-op-threads", type=int, default=None,
+                        help="onnxruntime threads per served instance; 0: every core the server may use; "
+                        "unset: chosen per family from its measured speed (one thread for a fast network)")
     parser.add_argument(
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest image the colorize endpoint decodes"
     )
@@ -54,8 +56,10 @@ def _target(args: argparse.Namespace):
         raise LangcolorError("--gpu needs --backend onnxruntime (the python backend runs onnxruntime on CPU)")
     if args.max_batch_size < 8:
         raise LangcolorError("--max-batch-size must be at least 8 (the served contract)")
-    if args.instances < 1 or args.intra_op_threads < 1:
-        raise LangcolorError("--instances and --intra-op-threads must be at least 1")
+    if args.instances < 1:
+        raise LangcolorError("--instances must be at least 1")
+    if args.intra_op_threads is not None and args.intra_op_threads < 0:
+        raise LangcolorError("--intra-op-threads must be at least 0 (0: every core)")
     preferred = tuple(sorted({max(1, args.max_batch_size // 2), args.max_batch_size}))
     return Target(
         backend=args.backend,

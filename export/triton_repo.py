@@ -3,8 +3,10 @@
 Layout, per family ``<f>``::
 
     <f>_encoder/config.pbtxt, 1/model.onnx      (and <f>_fusion, <f>_decoder)
-    <f>/config.pbtxt                            the ensemble: image + conditions -> outputs (a driven
-                                                family: the langcolor backend running its driver)
+    <f>/config.pbtxt                            image + conditions -> outputs: on the python target a
+                                                one-step ensemble over <f>_impl, which runs the three
+                                                stage files in one Python model (a driven family: its
+                                                driver); on the onnxruntime target the stages' ensemble
     <f>/1/langcolor.json                        ModelManifest (geometry, weights hash, assets' hashes)
     <f>/1/<asset>                               the conditioner's files (a caption family's tokenizer.json)
     <f>/1/parity.json                           the export's parity figures (Triton ignores the file)
@@ -26,28 +28,33 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 from langcolor.client import families, names
 from langcolor.client.errors import LangcolorError
 from langcolor.client.imageio import DEFAULT_MAX_PIXELS
 from langcolor.client.provenance import git_revision
-from langcolor.client.spec import MANIFEST_FILE, STAGES, ModelManifest, stage_specs
+from langcolor.client.runtime import session_options
+from langcolor.client.spec import MANIFEST_FILE, STAGES, TOKENS_KIND, ModelGeometry, ModelManifest, stage_specs
 
 from .checkpoint import Checkpoint
-from .onnx_export import OPSET, export_stages
+from .onnx_export import OPSET, export_stages, sample_input, token_ids
 from .parity import ParityReport, validate_export
 from .triton_config import (
     CONFIG_FILE,
     ONNX_FILE,
     Target,
+    chain_config,
     colorize_config,
     ensemble_config,
     front,
     pipeline_config,
+    serving_threads,
     stage_config,
     to_text,
 )
@@ -121,26 +128,75 @@ def _write_family(tmp: Path, entry: ExportEntry, target: Target) -> ExportedRepo
     onnx_paths = {s: tmp / specs[s].model_name / VERSION / ONNX_FILE for s in STAGES}
     export_stages(modules, specs, onnx_paths)
     parity = validate_export(modules, specs, onnx_paths, geom, driver=record.driver)
-    for stage in STAGES:
-        _write(tmp / specs[stage].model_name / CONFIG_FILE, to_text(stage_config(specs[stage], target)))
     assets = {name: hashlib.sha256(data).hexdigest() for name, data in blobs.items()}
+    serving = {}
+    if target.intra_op_threads is None and not target.gpu:  # chosen from this model's measured speed
+        chain_ms = None if record.driver is not None else chain_ms_one_thread(onnx_paths, specs, geom)
+        target = replace(target, intra_op_threads=1 if chain_ms is None else serving_threads(chain_ms))
+        serving = {"chain_ms_one_thread": chain_ms, "intra_op_threads": target.intra_op_threads}
     manifest = ModelManifest(
         geometry=geom, weights_sha256=entry.weights_sha256, assets=assets, config=model.cfg.name,
-        extra={"git_revision": git_revision(), "onnx_opset": OPSET, "backend": target.backend, **entry.extra},
+        extra={"git_revision": git_revision(), "onnx_opset": OPSET, "backend": target.backend,
+               **({"serving": serving} if serving else {}), **entry.extra},
     )
+    write_serving_configs(tmp, geom, target, assets, entry.weights_sha256)
     family_dir = tmp / geom.family
-    if record.driver is not None:  # the driver's Python model, behind a one-step ensemble named like the family
-        impl = pipeline_config(geom, target, assets, entry.weights_sha256)
-        _write(tmp / impl.name / CONFIG_FILE, to_text(impl))
-        _write(tmp / impl.name / VERSION / VERSION_NOTE, IMPL_NOTE)
-        _write(family_dir / CONFIG_FILE, to_text(front(impl, geom.family)))
-    else:
-        _write(family_dir / CONFIG_FILE, to_text(ensemble_config(geom, target, assets, entry.weights_sha256)))
     _write(family_dir / VERSION / MANIFEST_FILE, manifest.to_json() + "\n")
     for name, data in blobs.items():
         _write(family_dir / VERSION / name, data)
     parity.save(family_dir / VERSION / PARITY_FILE)
     return ExportedRepository(tmp, manifest, target, parity)
+
+
+def chain_ms_one_thread(onnx_paths: dict[str, Path], specs, geom: ModelGeometry, runs: int = 3) -> float:
+    """The median time of the three stage files run one after the other at batch 1 on one
+    onnxruntime thread (after a warm-up run): what ``serving_threads`` chooses from."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    feeds = {geom.image.name: sample_input(geom.image, 1, rng)}
+    for c in geom.condition_specs:
+        feeds[c.name] = token_ids([c.dims[0]], c, rng) if c.kind == TOKENS_KIND else sample_input(c, 1, rng)
+    sessions = {s: ort.InferenceSession(str(onnx_paths[s]), session_options(1), providers=["CPUExecutionProvider"])
+                for s in STAGES}
+
+    def chain() -> None:
+        tensors = dict(feeds)
+        for stage in STAGES:
+            spec = specs[stage]
+            tensors.update(zip(spec.output_names, sessions[stage].run(spec.output_names,
+                                                                      {t.name: tensors[t.name] for t in spec.inputs})))
+
+    chain()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        chain()
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times))
+
+
+def write_serving_configs(root: Path, geom: ModelGeometry, target: Target, assets: dict[str, str],
+                          weights_sha256: str) -> None:
+    """The serving configs of one family under ``root`` for ``target``: its stage models, its public
+    model, and the Python model behind that (a driven family's loop, or the fused chain on the python
+    target; a stale ``<family>_impl`` is removed when the target has none)."""
+    record = families.get(geom.family)
+    specs = stage_specs(geom)
+    for stage in STAGES:
+        _write(root / specs[stage].model_name / CONFIG_FILE, to_text(stage_config(specs[stage], target)))
+    impl_dir = root / (geom.family + names.IMPL_SUFFIX)
+    if record.driver is not None:  # the driver's Python model, behind a one-step ensemble named like the family
+        impl = pipeline_config(geom, target, assets, weights_sha256)
+    elif target.fuses:  # the three stage files in one Python model, behind a one-step ensemble
+        impl = chain_config(geom, target, assets, weights_sha256)
+    else:
+        shutil.rmtree(impl_dir, ignore_errors=True)
+        _write(root / geom.family / CONFIG_FILE, to_text(ensemble_config(geom, target, assets, weights_sha256)))
+        return
+    _write(impl_dir / CONFIG_FILE, to_text(impl))
+    _write(impl_dir / VERSION / VERSION_NOTE, IMPL_NOTE)
+    _write(root / geom.family / CONFIG_FILE, to_text(front(impl, geom.family)))
 
 
 def write_repository(

@@ -248,6 +248,31 @@ def repository_models(model_repository: Path) -> list[str]:
     return sorted(p.parent.name for p in Path(model_repository).glob("*/config.pbtxt"))
 
 
+def retuned_repository(model_repository: Path, out: Path, intra_op_threads: int | None = None,
+                       instances: int | None = None, queue_delay_us: int | None = None) -> list[str]:
+    """A view of ``model_repository`` under ``out`` (an empty folder) with the serving knobs of every
+    model that has them changed (``triton_config.retune``: the stages and a family's fused chain):
+    each model folder gets its own ``config.pbtxt``, and its other entries are links to the
+    originals, so nothing large is copied. Returns the models whose configs changed."""
+    from langcolor.export.triton_config import parse, retune, to_text
+
+    changed = []
+    for name in repository_models(model_repository):
+        src, dst = Path(model_repository) / name, Path(out) / name
+        dst.mkdir(parents=True)
+        for entry in src.iterdir():
+            if entry.name != "config.pbtxt":
+                (dst / entry.name).symlink_to(entry.resolve())
+        config = parse((src / "config.pbtxt").read_text())
+        if retune(config, intra_op_threads=intra_op_threads, instances=instances, queue_delay_us=queue_delay_us):
+            changed.append(name)
+            text = "# Serving knobs changed by `langcolor serve`; the exported config is " f"{src / 'config.pbtxt'}\n" + to_text(config)
+        else:
+            text = (src / "config.pbtxt").read_text()
+        (dst / "config.pbtxt").write_text(text)
+    return changed
+
+
 class TritonServer:
     """A ``tritonserver`` subprocess: ``with TritonServer(repo, ...) as server: server.endpoints``.
 

@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -29,7 +30,7 @@ from langcolor.client.errors import ServerError
 from langcolor.client.imageio import DEFAULT_MAX_PIXELS
 
 from .launcher import (EXIT_TIMEOUT_S, LOOPBACK, STARTUP_TIMEOUT_S, GrpcTls, ModelLoadError, TritonServer,
-                       repository_models)
+                       repository_models, retuned_repository)
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=int(s.get("LANGCOLOR_EXIT_TIMEOUT_S", EXIT_TIMEOUT_S)),
         help="seconds Triton drains in-flight requests and open HTTP connections on stop",
     )
+    tune = parser.add_argument_group("serving knobs (default: what `langcolor export` chose for each model)")
+    tune.add_argument("--intra-op-threads", type=int, default=None, metavar="N",
+                      help="onnxruntime threads per instance of every stage and fused chain; 0: every core")
+    tune.add_argument("--instances", type=int, default=None, metavar="N", help="instances of every stage and fused chain")
+    tune.add_argument("--queue-delay-us", type=int, default=None, metavar="US",
+                      help="dynamic batcher's queue delay of every stage and fused chain, in microseconds")
     sec = parser.add_argument_group("keys and TLS (see the notes at the end)")
     sec.add_argument("--api-key-file", type=Path, default=_file_setting(s.get("LANGCOLOR_API_KEY_FILE")), metavar="FILE",
                      help=f"file holding the API key clients must send (or ${API_KEY_ENV} holding the key); "
@@ -174,6 +181,15 @@ def _security(args: argparse.Namespace) -> dict:
     return {"api_key": api_key_from(args.api_key_file), "admin_key": admin, "grpc_tls": tls}
 
 
+def _knobs(args: argparse.Namespace) -> dict[str, int]:
+    """The serving knobs the flags override, checked."""
+    knobs = {"intra_op_threads": args.intra_op_threads, "instances": args.instances, "queue_delay_us": args.queue_delay_us}
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    if knobs.get("instances", 1) < 1 or knobs.get("intra_op_threads", 0) < 0 or knobs.get("queue_delay_us", 0) < 0:
+        raise ServerError("--instances must be at least 1, --intra-op-threads and --queue-delay-us at least 0")
+    return knobs
+
+
 def run(args: argparse.Namespace) -> int:
     security = _security(args)
     if not args.insecure:
@@ -188,8 +204,16 @@ def run(args: argparse.Namespace) -> int:
     ports = {args.http_port, args.grpc_port, args.metrics_port}
     if len(ports) != 3:
         raise ServerError("--http-port, --grpc-port and --metrics-port must differ")
+    knobs, view = _knobs(args), None
+    if knobs:
+        import tempfile
+
+        view = Path(tempfile.mkdtemp(prefix="langcolor-serve-"))  # removed when the server stops
+        changed = retuned_repository(repo, view, **knobs)
+        print(f"langcolor serve: {', '.join(f'{k}={v}' for k, v in knobs.items())} for {len(changed)} model(s): "
+              f"{', '.join(changed) or 'none has these knobs'}", flush=True)
     server = TritonServer(
-        repo,
+        view or repo,
         host=args.host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
@@ -230,6 +254,8 @@ def run(args: argparse.Namespace) -> int:
             log.warning("tritonserver hit its %d s exit timeout (a client kept a connection open?)", args.exit_timeout)
         elif code is not None:
             log.info("tritonserver exited with status %s", code)
+        if view is not None:
+            shutil.rmtree(view, ignore_errors=True)
 
 
 def _print_endpoints(server: TritonServer, repo: Path, admin_given: bool) -> None:

@@ -20,7 +20,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from langcolor.client import names
-from langcolor.client.runtime import session_options
+from langcolor.client.runtime import resolve_threads, session_options
 from langcolor.client.spec import BATCH, TensorSpec
 
 from .triton_backend import execute_batched
@@ -50,7 +50,7 @@ class StageModel:
                         for t in config["output"]]
 
         onnx_path = Path(args["model_repository"]) / args["model_version"] / params.get(names.PARAM_ONNX_FILE, "model.onnx")
-        opts = session_options(int(params.get(names.PARAM_INTRA_OP_THREADS, "1")))
+        opts = session_options(resolve_threads(params.get(names.PARAM_INTRA_OP_THREADS)))
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
         # The ONNX file and the config were generated from the same spec; refuse to serve if not.

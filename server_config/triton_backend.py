@@ -1,5 +1,5 @@
-"""The ``langcolor`` backend's model class: a stage, the ``colorize`` endpoint or a driven family's
-pipeline, by config ``role``.
+"""The ``langcolor`` backend's model class: a stage, a family's fused chain of stages, the ``colorize``
+endpoint or a driven family's pipeline, by config ``role``.
 
 Triton's Python backend instantiates ``TritonPythonModel`` once per model instance; ``initialize``
 reads the ``role`` parameter of the model's own config and hands over to that role's implementation.
@@ -13,6 +13,7 @@ from langcolor.client import names
 from langcolor.client.errors import clip
 
 ROLES = {"stage": ("langcolor.server.stage_model", "StageModel"),
+         "chain": ("langcolor.server.chain_model", "ChainModel"),
          "colorize": ("langcolor.server.colorize_model", "ColorizeModel"),
          "pipeline": ("langcolor.server.pipeline_model", "PipelineModel")}
 

@@ -554,7 +554,8 @@ def test_tiny_bench_run(tmp_path, name):
     doc = json.loads(out.read_text())
     default = name == families.DEFAULT_FAMILY
     assert doc["machine"]["cpu_model"] and doc["versions"]["onnxruntime"] and doc["git_revision"]
-    assert doc["peak"]["gflops"] > 0
+    assert doc["peak"]["gflops"] > 0 and doc["peaks"]["fp32"] == round(doc["peak"]["gflops"], 2)
+    assert doc["peaks"].get("bf16", 1) > 0 and isinstance(doc["machine"]["matrix_isa"], list)
     assert doc["family"] == name and ("Reference only" in doc["targets_note"]) != default
     repo = work / f"repo_{name}_tiny"
     geometry = ModelManifest.load(repo / name / "1" / "langcolor.json").geometry
@@ -564,9 +565,9 @@ def test_tiny_bench_run(tmp_path, name):
     assert model_info["feature_shape"] == list(geometry.feature_shape)
     assert model_info["conditions"] == {t.name: list(t.dims) for t in geometry.request_inputs}
     served = sorted(p.name for p in repo.iterdir())
-    impl = [f"{name}_impl"] if families.get(name).driver is not None else []  # a driven family's Python model
+    # <family>_impl: the Python model behind the family's model (its driver's loop, or the fused chain)
     assert served == sorted(["colorize", "colorize_impl", name, f"{name}_encoder", f"{name}_fusion",
-                             f"{name}_decoder", *impl]), served
+                             f"{name}_decoder", f"{name}_impl"]), served
 
     # the JSON's FLOPs are the independent count on the very network measured (same seed, kept assets)
     bm = export_random("tiny", repo, family=name)
@@ -576,6 +577,12 @@ def test_tiny_bench_run(tmp_path, name):
 
     rows = doc["results"]
     assert all(r["family"] == name and r["config"] == "tiny" for r in rows)
+    # every row says what runs the network, and whether it is what a user gets without flags
+    runtimes = {r["path"]: r["runtime"] for r in rows}
+    assert runtimes["pytorch"] == "pytorch" and runtimes["onnxruntime"] == "onnxruntime"
+    assert runtimes["triton-grpc"] == "triton/onnxruntime"
+    assert {r["default"] for r in rows if r["path"] == "pytorch"} == {False}
+    assert {r["default"] for r in rows if r["path"] in ("onnxruntime", "triton-grpc")} == {True}  # tune=False: no variants
     seen = _check_rows(rows)
     assert ("colorize", "e2e", 1, 1) in seen and ("client+ensemble", "e2e", 1, 1) in seen  # this repo's colorize serves it
     e2e = [r for r in rows if r["path"] == "onnxruntime" and r["stage"] == "e2e" and r["batch"] == 1][0]

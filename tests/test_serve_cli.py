@@ -17,7 +17,7 @@ import pytest
 
 from langcolor.client.remote import RemoteStages
 from langcolor.client.runtime import ModelBundle
-from langcolor.server.launcher import free_ports
+from langcolor.server.launcher import free_ports, repository_models
 
 pytestmark = pytest.mark.server
 
@@ -53,11 +53,11 @@ class _Output:
         return "".join(self.lines)
 
 
-def _serve(repo: Path, ports: list[int], tmp_path: Path) -> tuple[subprocess.Popen, _Output]:
+def _serve(repo: Path, ports: list[int], tmp_path: Path, *flags: str) -> tuple[subprocess.Popen, _Output]:
     http, grpc, metrics = ports
     cmd = LANGCOLOR + [
         "serve", "--model-repository", str(repo), "--http-port", str(http), "--grpc-port", str(grpc),
-        "--metrics-port", str(metrics), "--log-file", str(tmp_path / "tritonserver.log"),
+        "--metrics-port", str(metrics), "--log-file", str(tmp_path / "tritonserver.log"), *flags,
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -81,10 +81,14 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def test_serve_answers_and_stops_on_sigterm(served_repository, tmp_path):
+    """With its serving knobs overridden: the stages and the fused chain load with them."""
     ports = free_ports(3)
-    proc, out = _serve(served_repository.path, ports, tmp_path)
+    proc, out = _serve(served_repository.path, ports, tmp_path, "--intra-op-threads", "2", "--queue-delay-us", "100")
     try:
         assert out.wait_for("langcolor serve: ready", proc, READY_TIMEOUT_S), out.text
+        line = next(ln for ln in out.lines if "langcolor serve: intra_op_threads=2, queue_delay_us=100 for" in ln)
+        tunable = _tunable_models(served_repository.path)
+        assert f"for {len(tunable)} model(s): {', '.join(tunable)}" in line, line
         # Endpoints are printed and bound to loopback only.
         assert f"http://127.0.0.1:{ports[0]}" in out.text and f"127.0.0.1:{ports[1]}" in out.text
         bundle = ModelBundle.load(served_repository.path)
@@ -102,6 +106,31 @@ def test_serve_answers_and_stops_on_sigterm(served_repository, tmp_path):
     assert "stopping (SIGTERM)" in out.text
     # Nothing is left listening: the server and its Python-backend stubs are gone.
     assert not any(_port_open(p) for p in ports[:2])
+
+
+def _tunable_models(repo: Path) -> list[str]:
+    """The models with serving knobs: the langcolor backend's stages and fused chains."""
+    from langcolor.export.triton_config import parse
+
+    roles = {m: parse((repo / m / "config.pbtxt").read_text()).parameters.get("role") for m in repository_models(repo)}
+    return [m for m, role in roles.items() if role is not None and role.string_value in ("stage", "chain")]
+
+
+def test_retuned_repository_changes_only_the_knobs_and_copies_nothing_large(served_repository, tmp_path):
+    from langcolor.export.triton_config import parse
+    from langcolor.server.launcher import retuned_repository
+
+    src = served_repository.path
+    before = {p: p.read_bytes() for p in src.rglob("config.pbtxt")}
+    changed = retuned_repository(src, tmp_path / "view", intra_op_threads=0, instances=2)
+    assert changed == _tunable_models(src) and "lcode_encoder" in changed
+    assert repository_models(tmp_path / "view") == repository_models(src)
+    for name in changed:
+        cfg = parse((tmp_path / "view" / name / "config.pbtxt").read_text())
+        assert cfg.parameters["intra_op_threads"].string_value == "0" and cfg.instance_group[0].count == 2
+    assert (tmp_path / "view" / "lcode_encoder" / "1").is_symlink()
+    assert (tmp_path / "view" / "colorize" / "config.pbtxt").read_bytes() == (src / "colorize" / "config.pbtxt").read_bytes()
+    assert {p: p.read_bytes() for p in src.rglob("config.pbtxt")} == before  # the exported repository is untouched
 
 
 def test_serve_names_a_model_with_a_corrupt_onnx_file(served_repository, tmp_path):
@@ -150,7 +179,8 @@ def test_client_gets_model_not_ready_from_a_server_with_a_failed_model(served_re
     server = TritonServer(repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
                           log_path=tmp_path / "tritonserver.log", allow_failed=True)
     with server:
-        assert {m.name for m in server.failed} == {"lcode_encoder", "lcode"}
+        fused = {"lcode_impl"} if (repo / "lcode_impl").is_dir() else set()  # the fused chain loads the same file
+        assert {m.name for m in server.failed} == {"lcode_encoder", "lcode", *fused}
         for protocol, url in (("grpc", server.endpoints.grpc_url), ("http", server.endpoints.http_url)):
             start = time.monotonic()
             with pytest.raises(ModelNotReadyError, match="'lcode' is not ready"):

@@ -14,6 +14,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from langcolor.client import names
 from langcolor.client.colorizer import Colorizer
 from langcolor.client.errors import TensorError, TokenizerMismatchError
 from langcolor.client.lab import lab_to_rgb, rgb_to_lab
@@ -122,7 +123,9 @@ def test_ensemble_matches_in_process(remote, local, bundle):
 
 
 def test_concurrent_requests_are_batched_and_ungrouped_in_order(remote, local, bundle, protocol, server_url):
-    stage = f"{bundle.geometry.family}_encoder"
+    # The model that batches a family's requests: its fused chain where the export made one, else its first stage.
+    chain = f"{bundle.geometry.family}{names.IMPL_SUFFIX}"
+    stage = chain if (bundle.repository / chain).is_dir() else f"{bundle.geometry.family}_encoder"
     n = 32
     L, tokens = _inputs(bundle, n)
     before = _stats(protocol, server_url, stage)

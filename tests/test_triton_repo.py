@@ -31,7 +31,8 @@ from langcolor.client.spec import (
 from langcolor.client.tokenizer import CaptionTokenizer
 from langcolor.export.checkpoint import Checkpoint
 from langcolor.export.onnx_export import read_signature
-from langcolor.export.triton_config import Target, stage_config, to_text
+from langcolor.client.runtime import resolve_threads
+from langcolor.export.triton_config import PARALLEL_CHAIN_MS, Target, retune, serving_threads, stage_config, to_text
 from langcolor.export.triton_repo import PARITY_FILE, ExportEntry, build_tiny_repository, write_repository
 
 COLORIZE_MODEL = names.COLORIZE_MODEL
@@ -74,8 +75,9 @@ def manifest(repos) -> ModelManifest:
 def test_layout_is_complete(repos):
     for backend, root in repos.items():
         folders = sorted(p.name for p in root.iterdir())
+        fused = ["lcode" + names.IMPL_SUFFIX] if backend == "python" else []  # the stages in one Python model
         assert folders == sorted(["lcode", "lcode_encoder", "lcode_fusion", "lcode_decoder", COLORIZE_MODEL,
-                                  COLORIZE_MODEL + names.IMPL_SUFFIX])
+                                  COLORIZE_MODEL + names.IMPL_SUFFIX, *fused])
         for stage in STAGES:
             version = root / f"lcode_{stage}" / "1"
             assert (version / "model.onnx").is_file()
@@ -94,7 +96,7 @@ def test_every_stage_config_agrees_with_its_onnx_file(repos):
             assert config_vs_onnx(cfg, root / cfg.name / "1" / "model.onnx") == []
             assert cfg.max_batch_size >= 8
             assert max(cfg.dynamic_batching.preferred_batch_size) <= cfg.max_batch_size
-            assert 0 < cfg.dynamic_batching.max_queue_delay_microseconds <= 10_000
+            assert cfg.dynamic_batching.max_queue_delay_microseconds == 0  # a lone request never waits on CPU
             if backend == "python":
                 assert cfg.backend == names.BACKEND and not cfg.platform
                 assert cfg.parameters[names.PARAM_ROLE].string_value == "stage"
@@ -111,10 +113,8 @@ def test_the_comparison_catches_a_config_from_another_geometry(repos, manifest):
     assert problems and "TOKENS" in problems[0]
 
 
-def test_ensemble_is_wired_from_the_specs_and_identical_in_both_targets(repos, manifest):
-    texts = {b: (root / "lcode" / "config.pbtxt").read_text() for b, root in repos.items()}
-    assert texts["python"] == texts["onnxruntime"]
-    cfg = parse(texts["python"])
+def test_ensemble_is_wired_from_the_specs(repos, manifest):
+    cfg = parse(repos["onnxruntime"] / "lcode" / "config.pbtxt")
     spec = ensemble_spec(manifest.geometry)
     assert cfg.platform == "ensemble" and cfg.name == "lcode" and cfg.max_batch_size >= 8
     for declared, t in zip((*cfg.input, *cfg.output), (*spec.inputs, *spec.outputs)):
@@ -129,6 +129,65 @@ def test_ensemble_is_wired_from_the_specs_and_identical_in_both_targets(repos, m
         assert set(step.output_map) == set(specs[stage].output_names)
         available |= set(step.output_map.values())
     assert {t.name for t in cfg.output} <= available
+
+
+def test_python_target_fuses_the_stages_into_one_model(repos, manifest):
+    """On the python target the family's model is one step over a Python model that runs the three
+    stage files itself; its tensors are the stages' ensemble's, its parameters name the stage models."""
+    root = repos["python"]
+    public, impl = parse(root / "lcode" / "config.pbtxt"), parse(root / ("lcode" + names.IMPL_SUFFIX) / "config.pbtxt")
+    assert public.platform == "ensemble" and [s.model_name for s in public.ensemble_scheduling.step] == [impl.name]
+    unfused = parse(repos["onnxruntime"] / "lcode" / "config.pbtxt")
+    assert list(public.input) == list(impl.input) == list(unfused.input)
+    assert list(public.output) == list(impl.output) == list(unfused.output)
+    params = {k: v.string_value for k, v in impl.parameters.items()}
+    assert impl.backend == names.BACKEND and params[names.PARAM_ROLE] == "chain"
+    assert params[names.PARAM_STAGE_MODELS].split(",") == [s.model_name for s in stage_specs(manifest.geometry).values()]
+    assert impl.dynamic_batching.max_queue_delay_microseconds == 0
+    # A client checks the public model's parameters: the same as the unfused ensemble's.
+    for key in (names.PARAM_ASSETS, names.PARAM_WEIGHTS_SHA256, names.PARAM_GEOMETRY):
+        assert public.parameters[key].string_value == unfused.parameters[key].string_value
+
+
+def test_threads_are_chosen_at_export_from_the_measured_chain(repos, manifest):
+    """A fast network keeps one thread per instance (hand-offs cost more than they save); a slow one
+    gets every core, counted when the server loads it. The measurement is kept in the manifest."""
+    serving = manifest.extra["serving"]
+    assert serving["chain_ms_one_thread"] > 0
+    assert serving["intra_op_threads"] == serving_threads(serving["chain_ms_one_thread"])
+    for name in ("lcode_encoder", "lcode" + names.IMPL_SUFFIX):
+        params = parse(repos["python"] / name / "config.pbtxt").parameters
+        assert params[names.PARAM_INTRA_OP_THREADS].string_value == str(serving["intra_op_threads"])
+    assert serving_threads(PARALLEL_CHAIN_MS / 10) == 1
+    assert serving_threads(PARALLEL_CHAIN_MS * 10) == names.THREADS_ALL_CORES
+    assert resolve_threads(str(names.THREADS_ALL_CORES), cores=6) == 6 and resolve_threads(None) == 1
+    assert resolve_threads("3", cores=6) == 3
+    with pytest.raises(LangcolorError):
+        resolve_threads("-1")
+
+
+def test_retune_changes_the_knobs_of_stages_and_chains_only(repos):
+    root = repos["python"]
+    for name, tunable in (("lcode_encoder", True), ("lcode" + names.IMPL_SUFFIX, True), ("lcode", False),
+                          (COLORIZE_MODEL + names.IMPL_SUFFIX, False)):
+        cfg = parse(root / name / "config.pbtxt")
+        assert retune(cfg, intra_op_threads=2, instances=3, queue_delay_us=500) is tunable, name
+        if tunable:
+            assert cfg.parameters[names.PARAM_INTRA_OP_THREADS].string_value == "2"
+            assert [g.count for g in cfg.instance_group] == [3]
+            assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
+    cfg = parse(repos["onnxruntime"] / "lcode_encoder" / "config.pbtxt")
+    assert retune(cfg, intra_op_threads=2)
+    assert cfg.parameters["intra_op_thread_count"].string_value == "2"
+
+
+def test_an_unfused_python_target_serves_the_stages_ensemble(tmp_path):
+    ckpt = Checkpoint.random("lcode", "tiny", seed=0)
+    write_repository([ExportEntry.from_checkpoint(ckpt)], tmp_path / "repo", target=Target(fused=False, intra_op_threads=2))
+    assert not (tmp_path / "repo" / ("lcode" + names.IMPL_SUFFIX)).exists()
+    cfg = parse(tmp_path / "repo" / "lcode" / "config.pbtxt")
+    assert [s.model_name for s in cfg.ensemble_scheduling.step] == ["lcode_encoder", "lcode_fusion", "lcode_decoder"]
+    assert parse(tmp_path / "repo" / "lcode_fusion" / "config.pbtxt").parameters[names.PARAM_INTRA_OP_THREADS].string_value == "2"
 
 
 def test_ensemble_parameters_let_a_client_check_assets_weights_and_geometry(repos, manifest):
