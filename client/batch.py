@@ -8,6 +8,10 @@ Three stages overlap, joined by one bound on images in flight so memory stays fl
                   Triton's dynamic batcher has work to merge
     thread pool:  upsample ab, put the original L back, encode, write atomically, record   (finish)
 
+In-process, a run of ``COMPILED_MIN_IMAGES`` or more loads the compiled reconstruct (``lab_fast``,
+the ``fast`` extra; it releases the GIL, so the threads use every core); ``processes`` moves the
+pixel work to worker processes instead (``batch_procs``, opt-in).
+
 With ``--server`` the thin client skips the middle: each image's bytes and inputs go to the
 ``colorize`` endpoint, and the encoded image that comes back is written as it is.
 
@@ -43,6 +47,8 @@ from .families import IMAGE, Note
 from .imageio import DEFAULT_MAX_PIXELS, encode_image, read_bytes
 from .outputs import write_atomic
 from .colorizer import stack_feeds
+from . import lab_fast
+from .batch_procs import PixelWork
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,7 @@ SERVER_IN_FLIGHT = 4  # concurrent requests to a server: enough for Triton's dyn
 DEFAULT_SERVER_WAIT_S = 300.0  # how long a run waits for a server that went away (a restart takes seconds)
 SERVER_WAIT_ENV = "LANGCOLOR_SERVER_WAIT_S"  # the command line's default for it
 MAX_REASON_CHARS = 300  # per failure in the log and the report
+COMPILED_MIN_IMAGES = 32  # from this many images, loading the compiled reconstruct (~1.5 s) pays for itself
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,9 @@ class BatchOptions:
     protocol: str | None = None
     via: str = "endpoint"  # with a server: the colorize endpoint, or the family's ensemble
     workers: int | None = None  # decode/encode threads; None: the CPU count (at most 8)
+    # In-process runs: worker processes for the pixel work; 0: the threads do it (measured faster, batch_procs).
+    # Workers are spawned, so a script calling run_batch with processes needs the `if __name__ == "__main__":` guard.
+    processes: int = 0
     batch_size: int = DEFAULT_BATCH_SIZE
     in_flight: int | None = None  # inference batches at once; None: 1 in-process, SERVER_IN_FLIGHT with a server
     format: str = "png"  # png | jpeg | same
@@ -79,6 +89,8 @@ class BatchOptions:
             raise LangcolorError(f"batch size must be at least 1, got {self.batch_size}")
         if self.workers is not None and self.workers < 1:
             raise LangcolorError(f"workers must be at least 1, got {self.workers}")
+        if self.processes < 0:
+            raise LangcolorError(f"processes must be 0 or more, got {self.processes}")
         if self.in_flight is not None and self.in_flight < 1:
             raise LangcolorError(f"in_flight must be at least 1, got {self.in_flight}")
         object.__setattr__(self, "api_key", ApiKey.of(self.api_key))
@@ -166,6 +178,7 @@ class _Pipeline:
         self.notes: dict[str, int] = {}
         self._conditions: dict[str, Any] = {}  # condition key -> Conditioned (in-process / ensemble)
         self._hashes: dict[str, str] = {}  # image input path -> sha256
+        self.pixels: PixelWork | None = None  # in-process: where prepare and finish run (set by run)
 
     # --- work done in the threads -------------------------------------------------------------
     def _key_values(self, inputs: dict[str, str]) -> dict[str, str]:
@@ -204,7 +217,7 @@ class _Pipeline:
         if self.remote:
             return _Ready(item, sha, key, data=data)
         conditioned = self._condition(key.condition, inputs)  # CaptionError fails this image alone
-        prepared = self.colorizer.prepare(data, inputs)
+        prepared = self.pixels.prepare(data, inputs) if self.pixels else self.colorizer.prepare(data, inputs)
         feeds = {**self.codec.feeds(prepared, self.colorizer.geometry), **conditioned.tensors}
         return _Ready(item, sha, key, prepared, feeds, conditioned.notes)
 
@@ -226,6 +239,9 @@ class _Pipeline:
                 with Image.open(io.BytesIO(data)) as im:
                     rgb, exif, icc = np.asarray(im.convert("RGB")), im.info.get("exif"), im.info.get("icc_profile")
                 data = encode_image(rgb, ready.item.out_format, exif=exif, icc=icc)
+        elif self.pixels:
+            data, more = self.pixels.finish_encoded(ready.prepared, result, ready.item.out_format)
+            notes = ready.notes + more
         else:
             rgb, more = self.codec.finish(ready.prepared, result)  # [H, W, 3] uint8 (a Lab family: the original L)
             data, notes = self.codec.encode(ready.prepared, rgb, ready.item.out_format), ready.notes + more
@@ -248,6 +264,11 @@ class _Pipeline:
         in_flight = opts.in_flight or (SERVER_IN_FLIGHT if opts.server else 1)
         # At most this many images between "read" and "written": the memory bound.
         cap = 2 * workers + opts.batch_size * (in_flight + 1)
+        if not self.remote and len(work) >= COMPILED_MIN_IMAGES and lab_fast.load():  # False without numba
+            log.info("reconstruct: compiled kernel")
+        if not self.remote and opts.processes > 0:
+            self.pixels = PixelWork(self.codec, self.colorizer.geometry, self.colorizer.max_pixels, opts.processes)
+            log.info("pixel work in %d worker processes", opts.processes)
         pool = ThreadPoolExecutor(workers, thread_name_prefix="langcolor-io")
         infer_pool = ThreadPoolExecutor(in_flight, thread_name_prefix="langcolor-infer")
         bar = tqdm(total=len(work), unit="img", disable=not opts.progress, dynamic_ncols=True, smoothing=0.05)
@@ -329,6 +350,8 @@ class _Pipeline:
                 future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
             infer_pool.shutdown(wait=True, cancel_futures=True)
+            if self.pixels is not None:
+                self.pixels.close()
             bar.close()
 
 
@@ -428,7 +451,7 @@ def write_benchmark_photos(folder: Path, count: int = 300, seed: int = 0) -> lis
 def benchmark_batch(
     source: Path, workdir: Path, colorizer: Any, inputs: dict[str, str] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, in_flight: int | None = None,
-    server: str | None = None,
+    server: str | None = None, processes: int = 0,
 ) -> dict:
     """End-to-end images/s of ``run_batch`` over ``source`` next to the model's own images/s
     (``Colorizer.infer`` alone at the same batch size), so the figure says how close the pipeline
@@ -439,7 +462,7 @@ def benchmark_batch(
     out = Path(workdir) / f"bench-{time.time_ns()}"
     options = BatchOptions(
         source=Path(source), output=out, inputs=inputs, batch_size=batch_size, workers=workers,
-        in_flight=in_flight, server=server, progress=False, model=colorizer.family.name,
+        in_flight=in_flight, server=server, progress=False, model=colorizer.family.name, processes=processes,
     )
     summary = run_batch(options, colorizer)
     pixels = 0
@@ -470,5 +493,6 @@ def benchmark_batch(
         "batch_size": batch_size,
         "workers": workers or min(8, os.cpu_count() or 2),
         "in_flight": in_flight or (SERVER_IN_FLIGHT if server else 1),
+        "processes": processes,
         "server": server,
     }

@@ -39,12 +39,18 @@ DEFAULT_JPEG_QUALITY = 95  # with 4:4:4 chroma: the colour is the product, not w
 
 @dataclass(frozen=True)
 class LoadedImage:
-    rgb: np.ndarray  # float32 [H, W, 3] in [0, 1], upright
+    pixels: np.ndarray  # upright [H, W, 3]: uint8 as decoded from an 8-bit file, else float32 in [0, 1]
     exif: bytes | None  # orientation reset to 1
     icc: bytes | None
     format: str  # "PNG", "JPEG", "TIFF", ...
     mode: str  # the file's original PIL mode
     size: tuple[int, int]  # (W, H) after orientation
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """float32 ``[H, W, 3]`` in [0, 1] (a fresh copy when the file was 8-bit: the pixels are kept as
+        decoded, 4x smaller, and the Lab path reads them without widening)."""
+        return _u8_to_float(self.pixels) if self.pixels.dtype == np.uint8 else self.pixels
 
     @property
     def is_grayscale(self) -> bool:
@@ -115,7 +121,7 @@ def _to_rgb(im: Image.Image) -> np.ndarray:  # -> uint8 [H, W, 3], or float32 [H
         im = Image.alpha_composite(white, im)
     if im.mode != "RGB":
         im = im.convert("RGB")  # 1, L, CMYK, YCbCr, LAB, HSV
-    return np.asarray(im)  # uint8 [H, W, 3]; the caller frees the PIL image before widening to float
+    return np.asarray(im)  # uint8 [H, W, 3]
 
 
 def _u8_to_float(rgb_u8: np.ndarray) -> np.ndarray:  # uint8 [H, W, 3] -> float32 in [0, 1], one allocation
@@ -151,7 +157,7 @@ def load_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS)
         exif = _upright_exif(im.info.get("exif"))
         ImageOps.exif_transpose(im, in_place=True)  # not in place, it copies the whole image even when upright
         rgb = _to_rgb(im)
-        del im  # a 12 MP decode is 48 MB; let it go before the 144 MB float copy exists
+        del im  # the pixels were copied out: free the decoder's copy (36 MB for 12 MP) now
     except ImageError as e:
         raise ImageError(f"{what}: {e}") from e
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
@@ -159,10 +165,8 @@ def load_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS)
         if "truncat" in text or isinstance(e, EOFError):
             raise ImageError(f"{what}: {fmt} image is truncated or corrupt ({text})") from e
         raise ImageError(f"{what}: cannot decode the {fmt} image ({text})") from e
-    if rgb.dtype == np.uint8:
-        rgb = _u8_to_float(rgb)
     h2, w2 = rgb.shape[:2]
-    return LoadedImage(rgb=rgb, exif=exif, icc=icc, format=fmt, mode=mode, size=(w2, h2))
+    return LoadedImage(pixels=rgb, exif=exif, icc=icc, format=fmt, mode=mode, size=(w2, h2))
 
 
 def from_array(array: np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
@@ -191,7 +195,7 @@ def from_array(array: np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loade
     elif channels == 1:
         x = np.repeat(x, 3, axis=2)
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
-    return LoadedImage(rgb=np.ascontiguousarray(x), exif=None, icc=None, format="array", mode=mode, size=(w, h))
+    return LoadedImage(pixels=np.ascontiguousarray(x), exif=None, icc=None, format="array", mode=mode, size=(w, h))
 
 
 def format_for_path(path: str | Path) -> str:

@@ -129,6 +129,32 @@ def rgb_to_l(rgb: np.ndarray) -> np.ndarray:
     return _blockwise(block, rgb, width=1)[..., 0]
 
 
+@functools.lru_cache(maxsize=1)
+def _y_of_level() -> np.ndarray:
+    """(3, 256) float32: each 8-bit sRGB level's share of luminance Y, per channel (R, G, B)."""
+    levels = np.arange(256, dtype=np.float32) / np.float32(255.0)  # the same values as uint8 / 255 in float32
+    return np.ascontiguousarray(_Y_FROM_RGB[:, None] * _srgb_to_linear(levels)[None, :], dtype=np.float32)
+
+
+def rgb8_to_l(rgb8: np.ndarray) -> np.ndarray:
+    """sRGB uint8 ``[..., 3]`` -> CIE L ``[...]`` float32, as ``rgb_to_l(rgb8 / 255)`` (within 1e-4 L units).
+
+    An 8-bit channel has 256 values, so its linearised share of Y is a table lookup: no float RGB
+    copy of the photo, no power function per pixel, only the cube root of Y."""
+    if rgb8.dtype != np.uint8 or rgb8.shape[-1:] != (3,):
+        raise ValueError(f"expected uint8 [..., 3], got {rgb8.dtype} {rgb8.shape}")
+    table = _y_of_level()
+    flat = rgb8.reshape(-1, 3)
+    out = np.empty(len(flat), dtype=np.float32)
+    for i in range(0, len(flat), _CHUNK):
+        block = flat[i : i + _CHUNK]
+        y = table[0][block[:, 0]]  # (N,)
+        y += table[1][block[:, 1]]
+        y += table[2][block[:, 2]]
+        out[i : i + _CHUNK] = 116.0 * _f(y) - 16.0
+    return out.reshape(rgb8.shape[:-1])
+
+
 def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     """CIELab ``[..., 3]`` -> sRGB float32 in [0, 1]; out-of-gamut colours are clipped per channel.
 

@@ -61,7 +61,7 @@ def load(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
 def prepare(source: Source, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Prepared:
     """Decode ``source`` and return its L planes for a network of input side ``image_size``."""
     loaded = load(source, max_pixels)
-    l_full, l_small = prepare_l(loaded.rgb, image_size)  # [H, W], [1, S, S]
+    l_full, l_small = prepare_l(loaded.pixels, image_size)  # [H, W], [1, S, S]
     return Prepared(l_full, l_small, loaded.exif, loaded.icc, loaded.format, loaded.mode)
 
 

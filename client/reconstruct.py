@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
-from .lab import L_MAX, lab_to_srgb8_keeping_l, rgb_to_l
+from . import lab_fast
+from .lab import L_MAX, lab_to_srgb8_keeping_l, rgb8_to_l, rgb_to_l
 
 _FILTER = Image.Resampling.BILINEAR
 
@@ -32,14 +33,15 @@ def resize_plane(plane: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def prepare_l(rgb: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """RGB float ``[H, W, 3]`` in [0, 1] -> (L full ``[H, W]``, L small ``[1, S, S]``), both float32 in [0, 100].
+    """RGB ``[H, W, 3]``, uint8 or float in [0, 1] -> (L full ``[H, W]``, L small ``[1, S, S]``), both
+    float32 in [0, 100].
 
     The photo is squashed to S x S (no crop, no padding): every pixel gets a prediction and the
     aspect ratio comes back when ab is stretched to the original size.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected RGB [H, W, 3], got {rgb.shape}")
-    l_full = rgb_to_l(rgb)  # [H, W]
+    l_full = rgb8_to_l(rgb) if rgb.dtype == np.uint8 else rgb_to_l(rgb)  # [H, W]
     l_small = resize_plane(l_full, image_size, image_size)  # [S, S]
     np.clip(l_small, 0.0, L_MAX, out=l_small)  # resampling filters can overshoot slightly
     return l_full, l_small[None]  # [H, W], [1, S, S]
@@ -72,7 +74,8 @@ def reconstruct(l_full: np.ndarray, ab_small: np.ndarray, threads: int = 1) -> n
     Works in bands of rows: ab is stretched to the full width once (``[2, S, W]``, small), and
     each band gets its rows interpolated, its Lab assembled and converted on the spot, so a
     50-megapixel photo needs the output plus a few megabytes, not several full-size float
-    copies. ``threads`` > 1 converts bands in parallel (numpy releases the GIL).
+    copies. ``threads`` > 1 converts bands in parallel (numpy releases the GIL). With numba installed
+    and ``lab_fast.load()`` called (a batch does), each band is one compiled loop: the same fit, pixel by pixel.
     """
     assert l_full.ndim == 2, l_full.shape
     assert ab_small.ndim == 3 and ab_small.shape[0] == 2, ab_small.shape
@@ -86,10 +89,15 @@ def reconstruct(l_full: np.ndarray, ab_small: np.ndarray, threads: int = 1) -> n
         out[:] = lab_to_srgb8_keeping_l(lab)
         return out
     wide = np.stack([resize_plane(ab_small[c], w, size) for c in range(2)])  # [2, S, W]
+    if lab_fast.READY:
+        l_full = np.ascontiguousarray(l_full, dtype=np.float32)  # the layout the kernel was compiled for
     r0, r1, frac = _row_weights(h, size)
     rows = max(1, _BAND_PIXELS // w)
 
     def band(top: int) -> None:
+        if lab_fast.READY:
+            lab_fast.reconstruct_rows(l_full, wide, r0, r1, frac, top, min(top + rows, h), out)
+            return
         sl = slice(top, min(top + rows, h))
         f = frac[sl, None]  # [b, 1]
         lab = np.empty((sl.stop - top, w, 3), dtype=np.float32)  # [b, W, 3]

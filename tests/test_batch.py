@@ -550,6 +550,29 @@ def test_format_same_keeps_format_and_metadata(tmp_path, colorizer):
         assert diff.mean() < 1.5, (rel, float(diff.mean()))
 
 
+def test_worker_processes_write_what_threads_write(tmp_path, colorizer):
+    """The pixel work in worker processes: the same files, byte for byte, and the same failures
+    (a bad file fails alone there too, with the same reason), as on the batch's own threads."""
+    from langcolor.client.batch import BatchOptions, run_batch
+    from langcolor.client import lab_fast
+    from langcolor.client.batch_sources import STATE_DIR
+
+    lab_fast.load()  # the workers load the compiled reconstruct where numba is installed; so does this process
+    src = tmp_path / "archive"
+    write_photos(src)
+    runs = {}
+    for processes in (0, 2):
+        out = tmp_path / f"out{processes}"
+        summary = run_batch(BatchOptions(src, out, inputs={"caption": "a red circle"}, format="same", progress=False,
+                                         processes=processes), colorizer)
+        assert summary.done == len(GOOD) and summary.aborted is None
+        report = summary.report.relative_to(out).as_posix()  # its lines come in the order images finished
+        files = {k: v for k, v in tree_hashes(out).items() if not k.startswith(STATE_DIR) and k != report}
+        runs[processes] = files, sorted((f.input, f.reason) for f in summary.failures)
+    assert runs[2] == runs[0]
+    assert [name for name, _ in runs[0][1]] == sorted(BAD)
+
+
 def test_benchmark_reports_pipeline_and_model_throughput(tmp_path, model_repo):
     from langcolor.client.batch import benchmark_batch, write_benchmark_photos
     from langcolor.client.colorizer import Colorizer

@@ -45,6 +45,7 @@ def test_rgb_png_and_path_and_bytes(photo, tmp_path):
         assert img.rgb.dtype == np.float32 and img.rgb.shape == (120, 90, 3)
         assert img.size == (90, 120) and img.format == "PNG" and img.mode == "RGB"
         assert np.array_equal(np.round(img.rgb * 255).astype(np.uint8), photo)
+        assert img.pixels.dtype == np.uint8 and np.array_equal(img.pixels, photo)  # 8-bit pixels kept as decoded
 
 
 @pytest.mark.parametrize("mode", ["L", "1", "P", "CMYK", "YCbCr"])

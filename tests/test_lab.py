@@ -7,7 +7,9 @@ import pytest
 import skimage.color
 import skimage.data
 
-from langcolor.client.lab import fit_chroma_to_gamut, lab_to_rgb, lab_to_rgb_keeping_l, rgb_to_l, rgb_to_lab
+from langcolor.client.lab import (
+    fit_chroma_to_gamut, lab_to_rgb, lab_to_rgb_keeping_l, rgb8_to_l, rgb_to_l, rgb_to_lab,
+)
 
 
 def test_rgb_to_lab_matches_skimage_on_random_colours():
@@ -77,6 +79,18 @@ def test_l_only_and_one_pass_variants_agree():
     assert np.abs(rgb_to_l(rgb) - rgb_to_lab(rgb)[..., 0]).max() < 1e-4
     lab = np.stack([rng.uniform(0, 100, (300, 200)), *rng.uniform(-110, 110, (2, 300, 200))], axis=-1)
     assert np.abs(lab_to_rgb_keeping_l(lab) - lab_to_rgb(fit_chroma_to_gamut(lab))).max() < 1e-6
+
+
+def test_l_of_8_bit_pixels_matches_the_float_path_for_every_colour():
+    """The table path of 8-bit photos against the float path, on all 2^24 colours, and against scikit-image."""
+    levels = np.arange(256, dtype=np.uint8)
+    for r in range(0, 256, 32):  # 8 slabs of 2^21 colours: every colour, bounded memory
+        rgb8 = np.stack(np.meshgrid(levels[r : r + 32], levels, levels, indexing="ij"), axis=-1)  # [32, 256, 256, 3]
+        assert np.abs(rgb8_to_l(rgb8) - rgb_to_l(rgb8 / np.float32(255.0))).max() < 1e-4
+    photo = skimage.data.astronaut()
+    assert np.abs(rgb8_to_l(photo) - skimage.color.rgb2lab(photo)[..., 0]).max() < 0.01
+    with pytest.raises(ValueError):
+        rgb8_to_l(photo / 255.0)
 
 
 def _linear_rgb_skimage(lab: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import skimage.data
 
+from langcolor.client import lab_fast
 from langcolor.client.lab import rgb_to_lab
 from langcolor.client.reconstruct import prepare_l, reconstruct, upsample_ab
 
@@ -25,6 +26,15 @@ def _rounding_bound() -> float:
 BOUND = _rounding_bound() + 0.01  # + float32 arithmetic and the gamut bisection's 1e-4 chroma slack
 
 
+@pytest.fixture(params=["numpy", "compiled"])
+def kernel(request, monkeypatch):
+    """Each reconstruct test on both paths: numpy blocks, and the numba kernel where it is installed."""
+    if request.param == "compiled" and not lab_fast.load():
+        pytest.skip("numba is not installed (pip install 'langcolor[fast]') or LANGCOLOR_NO_NUMBA=1")
+    monkeypatch.setattr(lab_fast, "READY", request.param == "compiled")
+    return request.param
+
+
 def _l_of(rgb_u8):
     return rgb_to_lab(rgb_u8 / 255.0)[..., 0]
 
@@ -37,7 +47,7 @@ def test_rounding_bound_is_sub_unit():
     "h,w",
     [(301, 457), (457, 301), (63, 65), (S, S), (17, 9), (1, 1), (2, 511)],  # odd, portrait, landscape, tiny
 )
-def test_output_keeps_size_and_l_rgb(h, w):
+def test_output_keeps_size_and_l_rgb(h, w, kernel):
     rgb = skimage.data.astronaut()[:h, :w] / 255.0  # real photo, cropped to odd sizes
     rng = np.random.default_rng(h * 1000 + w)
     l_full, l_small = prepare_l(rgb, S)
@@ -49,7 +59,7 @@ def test_output_keeps_size_and_l_rgb(h, w):
     assert np.abs(_l_of(out) - rgb_to_lab(rgb)[..., 0]).max() <= BOUND
 
 
-def test_output_keeps_l_grayscale_photo():
+def test_output_keeps_l_grayscale_photo(kernel):
     gray = skimage.data.camera() / 255.0  # [512, 512] uint8 grayscale
     rgb = np.repeat(gray[..., None], 3, axis=2)[:511, :383]
     l_full, l_small = prepare_l(rgb, S)
@@ -60,6 +70,21 @@ def test_output_keeps_l_grayscale_photo():
     assert lab[..., 1].mean() > 10  # the colour really was added
     # detail is the input's, not the 64x64 network resolution: high-frequency energy survives
     assert np.abs(np.diff(_l_of(out), axis=1)).mean() > 0.9 * np.abs(np.diff(l_full, axis=1)).mean()
+
+
+def test_compiled_kernel_matches_numpy_path(monkeypatch):
+    """The numba kernel is the numpy fit pixel by pixel: within one 8-bit level, and almost everywhere equal."""
+    if not lab_fast.load():
+        pytest.skip("numba is not installed (pip install 'langcolor[fast]') or LANGCOLOR_NO_NUMBA=1")
+    rgb = skimage.data.coffee()  # [400, 600, 3] uint8
+    l_full, _ = prepare_l(rgb, S)
+    ab = np.random.default_rng(3).uniform(-110, 110, (2, S, S)).astype(np.float32)  # a third or more out of gamut
+    out = {}
+    for ready in (False, True):
+        monkeypatch.setattr(lab_fast, "READY", ready)
+        out[ready] = reconstruct(l_full, ab, threads=2).astype(int)
+    diff = np.abs(out[True] - out[False])
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
 def test_small_l_is_antialiased_resize_of_l():
