@@ -111,9 +111,30 @@ class Workload:
 
 
 def _user_values(record: families.Family, i: int, images: list[bytes]) -> dict[str, Any]:
-    """The ``i``-th user input of every field: a caption for text, another photo for an image."""
-    return {f.name: CAPTIONS[i % len(CAPTIONS)] if f.kind == families.TEXT else images[(i + 1) % len(images)]
-            for f in record.inputs}
+    """The ``i``-th user input of every field: the field's own examples (else a caption) for text,
+    another photo for an image."""
+    def text(f: families.InputField) -> str:
+        pool = f.examples or CAPTIONS
+        return pool[i % len(pool)]
+
+    return {f.name: text(f) if f.kind == families.TEXT else images[(i + 1) % len(images)] for f in record.inputs}
+
+
+def _accepted(record: families.Family, read: Any, given: dict[str, Any]) -> tuple[dict | None, Any]:
+    """(values, read(values)) for ``given``, or with fewer of its optional inputs (inputs that exclude
+    each other: a reference or a palette; a canvas of another size than the image); (None, None) if
+    ``read`` refuses them all."""
+    from itertools import combinations
+
+    optional = [f.name for f in record.inputs if not f.required and f.name in given]
+    for n in range(len(optional) + 1):
+        for dropped in combinations(optional, n):
+            values = {k: v for k, v in given.items() if k not in dropped}
+            try:
+                return values, read(values)
+            except LangcolorError as e:
+                log.info("%s: inputs %s refused (%s)", record.name, sorted(values), e)
+    return None, None
 
 
 def default_workload(model_repository: Path, family: str | None = None) -> Workload:
@@ -122,7 +143,6 @@ def default_workload(model_repository: Path, family: str | None = None) -> Workl
     from PIL import Image
     from skimage import data as skdata
 
-    from langcolor.client import photo
     from langcolor.client.runtime import ModelBundle
 
     from .server_paths import colorize_families
@@ -138,23 +158,23 @@ def default_workload(model_repository: Path, family: str | None = None) -> Workl
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, "JPEG" if i % 2 else "PNG", quality=90)
         images.append(buf.getvalue())
-    planes = [photo.prepare(im, geometry.image_size).l_small[None] for im in images]  # each [1, 1, S, S]
-    conditions, values = [], []
+    codec, fields = bundle.family.image_codec, {f.name: f for f in bundle.family.inputs}
+    feeds, values = [], []
     for i in range(max(len(CAPTIONS), len(images))):
-        given = _user_values(bundle.family, i, images)
-        try:
-            tensors = bundle.conditioner.condition(given).tensors
-        except LangcolorError as e:  # this family does not read this input; the others still load it
-            log.info("%s: input %d refused (%s)", family, i, e)
+        image = images[i % len(images)]
+
+        def read(values: dict[str, Any]) -> dict[str, Any]:  # the image's tensors and the conditions
+            return {**codec.feeds(codec.prepare(image, values, geometry), geometry),
+                    **bundle.conditioner.condition(values).tensors}
+
+        given, per_image = _accepted(bundle.family, read, _user_values(bundle.family, i, images))
+        if given is None:  # this family does not read this input; the others still load it
             continue
-        conditions.append({t.name: np.asarray(tensors[t.name])[None] for t in geometry.request_inputs})  # [1, ...]
-        fields = {f.name: f for f in bundle.family.inputs}
+        feeds.append({t.name: np.asarray(per_image[t.name])[None] for t in ensemble_spec(geometry).inputs})  # [1, ...]
         values.append({fields[k].tensor_name: (v.encode() if isinstance(v, str) else v) for k, v in given.items()})
-    if not conditions:
+    if not feeds:
         raise LangcolorError(f"model '{family}' accepts none of the soak's inputs")
-    feeds = tuple({geometry.image.name: planes[i % len(planes)], **conditions[i % len(conditions)]}
-                  for i in range(max(len(planes), len(conditions))))
-    return Workload(family, geometry, feeds, tuple(images), tuple(values))
+    return Workload(family, geometry, tuple(feeds), tuple(images), tuple(values))
 
 
 class _Client:

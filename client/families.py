@@ -52,6 +52,7 @@ class InputField:
     help: str
     required: bool = True
     short: str | None = None  # a one-letter command-line alias, e.g. "-c"
+    examples: tuple[str, ...] = ()  # text a user might give (the soak test sends these); TEXT fields only
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -59,6 +60,7 @@ class InputField:
 
     def __post_init__(self) -> None:
         assert self.kind in (TEXT, IMAGE) and self.name.isidentifier() and self.name.islower(), self
+        assert not (self.examples and self.kind != TEXT), self
 
     @property
     def tensor_name(self) -> str:

@@ -31,7 +31,7 @@ from .config import REF_AB, REF_L
 REFERENCE = InputField("reference", IMAGE, "a colour photo whose colours to follow (any size or format)",
                        required=False)
 PALETTE = InputField("palette", TEXT, 'colours to use instead of a reference photo, e.g. "#b03a2e,#2e86c1,#f1c40f"',
-                     required=False)
+                     required=False, examples=("#b03a2e,#2e86c1,#f1c40f", "#556b2f #87ceeb #d2b48c"))
 
 GRAY_CHROMA = 4.0  # Lab units: a reference whose pixels (99th percentile, at S x S) stay below this is gray
 GRAY_PERCENTILE = 99.0

@@ -25,11 +25,11 @@ DEFAULT_TEMPERATURE = 1.0
 MAX_TEXT = 32  # characters: a number is never longer; a longer value is refused without being echoed
 
 SEED_INPUT = InputField("seed", TEXT, f"the sampler's seed, an integer in [0, {SEED_MAX}] (default {DEFAULT_SEED}); "
-                        "the same seed gives the same colours", required=False)
+                        "the same seed gives the same colours", required=False, examples=("0", "7", "123"))
 TEMPERATURE_INPUT = InputField(
     "temperature", TEXT, f"sampling temperature in [0, {TEMPERATURE_MAX:g}] (default {DEFAULT_TEMPERATURE:g}): "
     "1 samples the model's distribution, lower is safer and less varied, 0 is its most likely colours",
-    required=False)
+    required=False, examples=("1", "0.7"))
 
 
 class SamplingError(LangcolorError):

@@ -21,7 +21,8 @@ from .config import BACKGROUND
 from .words import BACKGROUND_WORDS, COLOURS, OBJECT_WORDS, is_background
 
 INSTRUCTION = InputField("instruction", TEXT, 'what to colour, e.g. "the left car is red" or "the sky is blue"',
-                         short="-i")
+                         short="-i", examples=("the sky is blue", "the circle is red", "all the stars are yellow",
+                                               "the ground is green"))
 CANVAS_INPUT = InputField("canvas", IMAGE, "the picture so far (the previous answer), to continue colouring it; "
                           "default: the bare drawing", required=False)
 
