@@ -11,7 +11,7 @@ The kernel releases the GIL, so ``reconstruct(threads=N)`` runs bands truly in p
 
 Opt-in, because loading costs: importing numba and loading the cached kernel took 1.2-1.6 s a process
 on a shared 2-core machine (compiling it the first time 5-7 s, once per installation). A batch pays
-that once and gains 3.3-3.6x on every reconstruct; one ``colorize`` would not, so it does not call ``load``.
+that once and gains 3.3-4x on every reconstruct; one ``colorize`` would not, so it does not call ``load``.
 """
 
 from __future__ import annotations
