@@ -78,6 +78,14 @@ class Sampler:
     """``Family.driver``: (L, SEED, TEMPERATURE, SEM_OVERRIDE) -> AB [B,2,Q,Q] (Lab units), SEG [B,Q,Q]."""
 
     def run(self, call_stage: CallStage, feeds: dict, geometry: ModelGeometry) -> dict[str, np.ndarray]:
+        """Each image alone, at batch 1, through every stage: onnxruntime's arithmetic differs in the
+        last bits between batch 1 and larger batches (the fusion by 2e-7, measured), and a sampler
+        turns such a difference into another colour now and then. So an image's colours never
+        depend on what it was batched with, in-process or served (where Triton batches requests)."""
+        batch = len(feeds[SEED])
+        if batch > 1:
+            parts = [self.run(call_stage, {k: v[i : i + 1] for k, v in feeds.items()}, geometry) for i in range(batch)]
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         feeds.update(call_stage("encoder", feeds))
         feeds.update(call_stage("fusion", feeds))
         return self.sample(call_stage, feeds[COND], feeds[SEED][:, 0], feeds[TEMPERATURE][:, 0]) | {
