@@ -60,7 +60,11 @@ def test_seeds_give_the_same_pictures_served_as_in_process(repository, tmp_path)
             futures = {key: thin.submit_encoded(photos[key[0]], {"seed": str(key[1]), "temperature": "0.9"})
                        for key in want}
             for key, future in futures.items():
-                assert np.array_equal(_pixels(future.result().data), want[key].rgb), (url, key)
+                # The same samples: a different seed or batch would move colours by far more than the one
+                # 8-bit level by which the compiled reconstruction (loaded once a process has run a batch)
+                # may differ from the server's numpy one.
+                diff = np.abs(_pixels(future.result().data).astype(int) - want[key].rgb.astype(int)).max()
+                assert diff <= 1, (url, key, diff)
             with pytest.raises(RequestRejectedError, match="seed must be an integer"):
                 thin.colorize(photos[0], seed="many")
             thin.close()
