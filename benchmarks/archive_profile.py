@@ -25,7 +25,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -33,6 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from .report import cpu_model
 
 SIZES = {"0.3MP": (640, 480), "12MP": (4000, 3000)}
 REPEATS = {"0.3MP": 9, "12MP": 3}
@@ -198,16 +199,6 @@ def run_batches(folder: Path, colorizer, rounds: int, workdir: Path) -> dict:
                    "images": rs[0]["images"], "failed": sum(r["failed"] for r in rs)} for name, rs in runs.items()}
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, required=True, help="JSON file to write")
@@ -225,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     lab_fast.load()  # what a long batch does; False without numba
     sources = dict(list(photos().items())[: args.photos])
     work = Path(tempfile.mkdtemp(prefix="langcolor-archive-"))
-    result = {"machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "load_before": os.getloadavg()},
+    result = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "load_before": os.getloadavg()},
               "compiled_reconstruct": lab_fast.READY, "sizes": {}}
     try:
         for label in args.sizes.split(","):
